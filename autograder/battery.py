@@ -1,0 +1,214 @@
+"""Hidden test batteries, written as data.
+
+A battery is the list of ``Check``s of one assignment. A check names the contract
+function it grades, its points, a seeded generator of ``Call``s, a judge and the
+sentence the student reads when it fails. Nothing in a check runs student code: the
+calls are executed elsewhere (in the sandboxed child of ``python -m autograder grade``,
+or in the notebook's own kernel under ``nbgrader autograde``), and the judge only
+compares the ``Result``s that come back with the reference's.
+
+    plan = make_plan(battery, seed)                    # inputs, from a secret seed
+    expected = run_reference(battery, plan)            # in the grading process
+    actual = <execute plan's calls on the submission>  # sandboxed child, or kernel
+    outcomes = judge_plan(battery, plan, actual, expected)
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from autograder.executor import Call, Result, execute_call
+
+# A judge returns None when the student's results are right, else a short reason
+# (in the student's terms, never showing reference values or hidden inputs).
+Judge = Callable[[Sequence[Call], Sequence[Result], Sequence[Result]], "str | None"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named, seeded case of a battery."""
+
+    name: str
+    function: str
+    points: float
+    calls: Callable[[torch.Generator], Sequence[Call]]
+    message: str
+    judge: Judge
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A realistic wrong implementation, and the one sentence that names the mistake."""
+
+    function: str
+    name: str
+    mistake: str
+    implementation: Callable
+
+
+@dataclass(frozen=True)
+class Battery:
+    """Everything the grader knows about one assignment."""
+
+    assignment: str
+    reference: str  # module path of the reference solutions
+    checks: tuple[Check, ...]
+    forbidden: Mapping[str, tuple[str, ...]]  # contract name -> forbidden dotted paths
+    mutants: tuple[Mutant, ...] = ()
+
+    @property
+    def functions(self) -> list[str]:
+        """The contract names, in the order of their first check."""
+        return list(dict.fromkeys(check.function for check in self.checks))
+
+    def max_score(self, function: str) -> float:
+        return sum(check.points for check in self.checks if check.function == function)
+
+    def reference_namespace(self) -> dict:
+        return vars(importlib.import_module(self.reference))
+
+
+@dataclass
+class Outcome:
+    """The verdict of one check on one submission."""
+
+    check: Check
+    passed: bool
+    reason: str = ""
+    mistake: str | None = None
+
+    @property
+    def score(self) -> float:
+        return self.check.points if self.passed else 0.0
+
+    def feedback(self) -> str:
+        if self.passed:
+            return f"{self.check.name}: passed"
+        text = f"{self.check.name}: {self.check.message}"
+        if self.reason:
+            text += f" ({self.reason})"
+        if self.mistake:
+            text += f" Likely mistake: {self.mistake}"
+        return text
+
+
+@dataclass
+class Plan:
+    """The calls of every check, drawn from one seed."""
+
+    seed: int
+    calls: dict[str, list[Call]] = field(default_factory=dict)
+
+
+def check_seed(seed: int, check_name: str) -> int:
+    """The seed of one check, derived from the run's secret seed and the check's name."""
+    digest = hashlib.sha256(f"{seed}:{check_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def make_plan(battery: Battery, seed: int) -> Plan:
+    plan = Plan(seed)
+    for check in battery.checks:
+        generator = torch.Generator().manual_seed(check_seed(seed, check.name))
+        plan.calls[check.name] = list(check.calls(generator))
+    return plan
+
+
+def run_reference(battery: Battery, plan: Plan) -> dict[str, list[Result]]:
+    """The reference's results for every call of the plan (in the grading process)."""
+    namespace = battery.reference_namespace()
+    return {
+        name: [execute_call(namespace, call) for call in calls]
+        for name, calls in plan.calls.items()
+    }
+
+
+def judge_plan(
+    battery: Battery,
+    plan: Plan,
+    actual: Mapping[str, Sequence[Result] | None],
+    expected: Mapping[str, Sequence[Result]],
+    crashed: Mapping[str, str] | None = None,
+) -> list[Outcome]:
+    """Judge every check; ``actual[name]`` is None when the submission never answered it.
+
+    ``crashed`` gives, for checks that never answered, the reason to show (a timeout,
+    a killed process, ...).
+    """
+    crashed = crashed or {}
+    outcomes = []
+    for check in battery.checks:
+        results = actual.get(check.name)
+        if results is None or len(results) != len(plan.calls[check.name]):
+            reason = crashed.get(check.name, "your code did not return a result")
+            outcomes.append(Outcome(check, False, reason))
+            continue
+        outcomes.append(
+            judge_check(battery, check, plan.calls[check.name], results, expected[check.name])
+        )
+    return outcomes
+
+
+def judge_check(battery, check, calls, results, expected) -> Outcome:
+    forbidden = sorted({name for result in results for name in result.forbidden})
+    if forbidden:
+        return Outcome(check, False, f"it calls the forbidden {', '.join(forbidden)}")
+    reason = check.judge(calls, results, expected)
+    if reason is None:
+        return Outcome(check, True)
+    return Outcome(check, False, reason, diagnose(battery, check, calls, results))
+
+
+def diagnose(battery: Battery, check: Check, calls, results) -> str | None:
+    """Name the known mistake whose outputs the student's outputs match, if any."""
+    reference = battery.reference_namespace()
+    for mutant in battery.mutants:
+        if mutant.function != check.function:
+            continue
+        namespace = {**reference, mutant.function: mutant.implementation}
+        mutant_results = [execute_call(namespace, call) for call in calls]
+        if any(result.error for result in mutant_results):
+            continue
+        if check.judge(calls, results, mutant_results) is None:
+            return mutant.mistake
+    return None
+
+
+def scores_by_function(battery: Battery, outcomes: Sequence[Outcome]) -> dict[str, float]:
+    scores = dict.fromkeys(battery.functions, 0.0)
+    for outcome in outcomes:
+        scores[outcome.check.function] += outcome.score
+    return scores
+
+
+def forbidden_in_source(source: str, forbidden: Sequence[str]) -> list[str]:
+    """The forbidden built-ins that ``source`` names (``F.scaled_dot_product_attention``,
+    ``from torch.nn.functional import scaled_dot_product_attention``, ...).
+
+    Matching is by the last component of the dotted path, so aliases of the module
+    (``import torch.nn.functional as G``) are caught too. Unparsable source names none.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    wanted = {path.rpartition(".")[2]: path for path in forbidden}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in wanted:
+            found.add(wanted[node.attr])
+        elif isinstance(node, ast.Name) and node.id in wanted:
+            found.add(wanted[node.id])
+        elif isinstance(node, ast.alias) and node.name.rpartition(".")[2] in wanted:
+            found.add(wanted[node.name.rpartition(".")[2]])
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in wanted
+        ):
+            found.add(wanted[node.value])
+    return sorted(found)

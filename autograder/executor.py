@@ -1,0 +1,234 @@
+"""Calls of contract functions, and what they returned: the data that crosses the sandbox.
+
+This module is the one piece of the grader that also runs next to student code, in the
+grading child process. It therefore imports nothing but torch and the standard library,
+and it knows nothing secret: no reference, no hidden input generator, no seed.
+
+A ``Call`` says what to run (a function, or a method of a class built from given
+arguments and weights), with which tensors, on which device and in which dtype. A
+``Result`` says what came back: the outputs flattened into a list of plain tensors,
+the gradients, the arguments as they were after the call, or the error raised.
+``execute_call`` turns one into the other, in whatever namespace it is given: the
+reference module in the grading process, the student's namespace in the child.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+ACCELERATOR = "accelerator"  # resolved to "cuda" when present, else "cpu"
+
+
+_TRIPPED: list[str] = []
+
+
+def install_tripwires(paths) -> None:
+    """Wrap each forbidden built-in (a dotted path) so that calling it is recorded.
+
+    The static check of the submitted code is the primary check; this one catches
+    the calls that the source hides (``getattr(F, "scaled_" + ...)``). It lives in the
+    student's process, so it can only ever lower that student's own score.
+    """
+    import importlib
+
+    for path in paths:
+        module_path, _, name = path.rpartition(".")
+        try:
+            owner = importlib.import_module(module_path)
+        except ImportError:
+            owner = importlib.import_module(module_path.rpartition(".")[0])
+            owner = getattr(owner, module_path.rpartition(".")[2])
+        original = getattr(owner, name)
+        if getattr(original, "__tripwire__", False):
+            continue
+        setattr(owner, name, _tripwire(path, original))
+
+
+def _tripwire(path: str, original):
+    if isinstance(original, type):  # a class: record its construction, keep isinstance working
+
+        class Tripwired(original):
+            __tripwire__ = True
+
+            def __init__(self, *args, **kwargs):
+                _TRIPPED.append(path)
+                super().__init__(*args, **kwargs)
+
+        Tripwired.__name__ = original.__name__
+        Tripwired.__qualname__ = original.__qualname__
+        return Tripwired
+
+    def wrapper(*args, **kwargs):
+        _TRIPPED.append(path)
+        return original(*args, **kwargs)
+
+    wrapper.__tripwire__ = True
+    wrapper.__wrapped__ = original
+    return wrapper
+
+
+def resolve_device(device: str) -> str:
+    """Map the placeholder ``accelerator`` to the best device of this machine."""
+    if device == ACCELERATOR:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@dataclass(frozen=True)
+class Module:
+    """Build ``Call.function`` as a class with these arguments, load weights, call a method."""
+
+    init_args: tuple = ()
+    init_kwargs: Mapping = field(default_factory=dict)
+    state_dict: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    method: str = "forward"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a contract function.
+
+    Args and kwargs hold tensors and plain values (int, float, bool, str, None,
+    torch.dtype). Floating tensors are cast to ``dtype`` when it is given, and every
+    tensor is moved to ``device`` (``cpu``, ``meta``, ``cuda`` or ``accelerator``).
+    With ``grad``, floating tensor arguments (and the module's parameters) require
+    grad, and the outputs are reduced against fixed pseudo-random weights
+    (``upstream_weights``) before ``backward``.
+    """
+
+    function: str
+    args: tuple = ()
+    kwargs: Mapping = field(default_factory=dict)
+    module: Module | None = None
+    device: str = "cpu"
+    dtype: torch.dtype | None = None
+    grad: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Result:
+    """What one call returned, flattened to plain tensors.
+
+    ``structure`` describes the nesting of the outputs (``"tensor"``, ``"tuple[2]"``,
+    ...), ``outputs`` holds the tensors in order (None where an element was not a
+    tensor), ``grads`` maps an argument name (``"args[0]"``, ``"kwargs[x]"``,
+    ``"param[norm1.weight]"``) to its gradient (None when it got none),
+    ``inputs_after`` holds the tensor arguments after the call (to see in-place
+    changes), ``error`` is ``"ExceptionType: message"`` when the call raised.
+    """
+
+    structure: str = ""
+    outputs: list = field(default_factory=list)
+    grads: dict = field(default_factory=dict)
+    inputs_after: dict = field(default_factory=dict)
+    error: str | None = None
+    forbidden: list = field(default_factory=list)
+
+
+def upstream_weights(output: torch.Tensor, seed: int, index: int) -> torch.Tensor:
+    """Fixed weights that reduce one output to a scalar before ``backward``."""
+    generator = torch.Generator().manual_seed(seed * 1009 + index)
+    weights = torch.rand(tuple(output.shape), generator=generator, dtype=torch.float64) - 0.5
+    return weights.to(dtype=output.dtype, device=output.device)
+
+
+def _prepare(value, device: str, dtype, grad: bool):
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensor = tensor.to(device).clone()
+        if grad and tensor.is_floating_point():
+            tensor.requires_grad_(True)
+        return tensor
+    if isinstance(value, (list, tuple)):
+        return type(value)(_prepare(item, device, dtype, grad) for item in value)
+    return value
+
+
+def _flatten(value, outputs: list) -> str:
+    """Append the tensors of ``value`` to ``outputs``; return its structure."""
+    if type(value) in (tuple, list):
+        inner = ",".join(_flatten(item, outputs) for item in value)
+        return f"{type(value).__name__}[{inner}]"
+    if isinstance(value, torch.Tensor):
+        outputs.append(value)
+        return "tensor"
+    outputs.append(None)
+    return type(value).__name__
+
+
+def _named_inputs(args: tuple, kwargs: Mapping) -> dict:
+    named = {f"args[{i}]": value for i, value in enumerate(args)}
+    named.update({f"kwargs[{key}]": value for key, value in kwargs.items()})
+    return {name: value for name, value in named.items() if isinstance(value, torch.Tensor)}
+
+
+def _describe(error: BaseException) -> str:
+    message = str(error).strip().splitlines()
+    first_line = message[0][:300] if message else ""
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+
+
+def execute_call(namespace: Mapping, call: Call) -> Result:
+    """Run ``call`` with the callables found in ``namespace``; never raises."""
+    result = Result()
+    _TRIPPED.clear()
+    try:
+        _execute(namespace, call, result)
+    except BaseException as error:  # a crash of the called code is data, not ours
+        result.error = _describe(error)
+    result.forbidden = sorted(set(_TRIPPED))
+    return result
+
+
+def _execute(namespace: Mapping, call: Call, result: Result) -> None:
+    device = resolve_device(call.device)
+    target = namespace.get(call.function)
+    if target is None:
+        raise NameError(f"{call.function} is not defined")
+    args = _prepare(call.args, device, call.dtype, call.grad)
+    kwargs = {k: _prepare(v, device, call.dtype, call.grad) for k, v in call.kwargs.items()}
+    inputs = _named_inputs(args, kwargs)
+    parameters = {}
+    torch.manual_seed(call.seed)
+    if call.module is not None:
+        init_args = _prepare(call.module.init_args, "cpu", None, False)
+        target = target(*init_args, **dict(call.module.init_kwargs))
+        state = _prepare(dict(call.module.state_dict), device, call.dtype, False)
+        if state:
+            target.load_state_dict(state)
+        target = target.to(device=device)
+        if call.dtype is not None:
+            target = target.to(dtype=call.dtype)
+        target.eval()
+        parameters = dict(target.named_parameters()) if call.grad else {}
+        target = getattr(target, call.module.method)
+    value = target(*args, **kwargs)
+    outputs: list = []
+    result.structure = _flatten(value, outputs)
+    result.outputs = [t.detach() if isinstance(t, torch.Tensor) else None for t in outputs]
+    result.inputs_after = {name: t.detach().clone() for name, t in inputs.items()}
+    if call.grad:
+        _backward(outputs, inputs, parameters, call.seed, result)
+
+
+def _backward(outputs, inputs, parameters, seed, result) -> None:
+    loss = None
+    for index, output in enumerate(outputs):
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            term = (output * upstream_weights(output, seed, index)).sum()
+            loss = term if loss is None else loss + term
+    leaves = {name: t for name, t in inputs.items() if t.requires_grad}
+    leaves.update({f"param[{name}]": p for name, p in parameters.items()})
+    if loss is None:
+        result.grads = {name: None for name in leaves}
+        return
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    result.grads = {
+        name: None if g is None else g.detach() for name, g in zip(leaves, grads, strict=True)
+    }
