@@ -1,0 +1,56 @@
+"""The book builds warning-free with every chapter executed, and leaks nothing."""
+
+import html
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from leaks import ROOT, find_leaks
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built_book():
+    """Build the book as the README's command does (from the execution cache if fresh)."""
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [str(jupyter_book), "build", ".", "--warningiserror", "--nitpick", "--keep-going"]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, (
+        f"the book build failed:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    )
+    return ROOT / "_build" / "html"
+
+
+def test_book_has_an_index(built_book):
+    assert (built_book / "index.html").is_file()
+    assert (built_book / "book" / "intro.html").is_file()
+
+
+def test_every_toc_page_is_built(built_book):
+    toc = (ROOT / "_toc.yml").read_text()
+    for line in toc.splitlines():
+        entry = line.strip().removeprefix("- ").strip()
+        for key in ("root:", "file:"):
+            if entry.startswith(key):
+                page = entry.removeprefix(key).strip()
+                assert (built_book / f"{page}.html").is_file(), page
+
+
+def test_hidden_folders_are_not_rendered(built_book):
+    for folder in ("solutions", "autograder", "exercises", "tests"):
+        assert not list(built_book.rglob(f"{folder}/*.html")), folder
+
+
+def test_book_leaks_no_marker_and_no_reference_code(built_book):
+    leaks = {}
+    for path in built_book.rglob("*"):
+        if path.suffix in {".html", ".txt", ".md", ".ipynb", ".py", ".js"} and path.is_file():
+            text = path.read_text(errors="replace")
+            found = find_leaks(text) + find_leaks(html.unescape(text))
+            if found:
+                leaks[str(path.relative_to(built_book))] = sorted(set(found))[:5]
+    assert not leaks, f"hidden material in the built book: {leaks}"
