@@ -20,20 +20,27 @@ from dataclasses import dataclass, field
 import torch
 
 ACCELERATOR = "accelerator"  # resolved to "cuda" when present, else "cpu"
+# An argument equal to this string is replaced by the call's resolved device (as a
+# string), for functions that take a ``device`` argument and no tensor to follow.
+CALL_DEVICE = "<call device>"
 
 
 _TRIPPED: list[str] = []
 
 
-def install_tripwires(paths) -> None:
+def install_tripwires(paths) -> list:
     """Wrap each forbidden built-in (a dotted path) so that calling it is recorded.
 
     The static check of the submitted code is the primary check; this one catches
     the calls that the source hides (``getattr(F, "scaled_" + ...)``). It lives in the
     student's process, so it can only ever lower that student's own score.
+
+    Returns what it replaced, for ``remove_tripwires`` (a kernel that goes on running
+    other cells should get its torch back).
     """
     import importlib
 
+    installed = []
     for path in paths:
         module_path, _, name = path.rpartition(".")
         try:
@@ -45,6 +52,14 @@ def install_tripwires(paths) -> None:
         if getattr(original, "__tripwire__", False):
             continue
         setattr(owner, name, _tripwire(path, original))
+        installed.append((owner, name, original))
+    return installed
+
+
+def remove_tripwires(installed) -> None:
+    """Put back what ``install_tripwires`` replaced."""
+    for owner, name, original in reversed(installed):
+        setattr(owner, name, original)
 
 
 def _tripwire(path: str, original):
@@ -93,7 +108,8 @@ class Call:
 
     Args and kwargs hold tensors and plain values (int, float, bool, str, None,
     torch.dtype). Floating tensors are cast to ``dtype`` when it is given, and every
-    tensor is moved to ``device`` (``cpu``, ``meta``, ``cuda`` or ``accelerator``).
+    tensor is moved to ``device`` (``cpu``, ``meta``, ``cuda`` or ``accelerator``);
+    an argument equal to ``CALL_DEVICE`` becomes that device's name.
     With ``grad``, floating tensor arguments (and the module's parameters) require
     grad, and the outputs are reduced against fixed pseudo-random weights
     (``upstream_weights``) before ``backward``.
@@ -147,6 +163,8 @@ def _prepare(value, device: str, dtype, grad: bool):
         return tensor
     if isinstance(value, (list, tuple)):
         return type(value)(_prepare(item, device, dtype, grad) for item in value)
+    if isinstance(value, str) and value == CALL_DEVICE:
+        return device
     return value
 
 

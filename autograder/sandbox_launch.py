@@ -1,0 +1,160 @@
+"""Start the fork server: a private copy of its code, a clean environment, bubblewrap.
+
+The server's code (``executor`` and the ``sandbox_*`` modules it needs, all free of
+secrets) is copied into a fresh directory as a package named ``sandbox_runtime``, so
+the server never imports anything from the course tree. Under bubblewrap that copy is
+the only thing of ours it can see, read-only at ``/opt/grading``; the system and the
+Python installation are read-only, /tmp is a small private tmpfs, and there is no
+network.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PACKAGE = "sandbox_runtime"
+RUNTIME_MODULES = (
+    "executor",
+    "sandbox_codec",
+    "sandbox_child",
+    "sandbox_confine",
+    "sandbox_server",
+)
+SANDBOX_CODE_DIR = "/opt/grading"
+# Capabilities the server keeps under bubblewrap when started as root: switch users,
+# give each child its working directory, kill and clean up after it.
+SERVER_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_DAC_OVERRIDE")
+SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SERVER_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/tmp",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def stage_runtime() -> Path:
+    """Copy the server's code into a fresh directory; return that directory."""
+    root = Path(tempfile.mkdtemp(prefix="grading-runtime-"))
+    package = root / PACKAGE
+    package.mkdir()
+    (package / "__init__.py").write_text('"""Code of the grading fork server."""\n')
+    here = Path(__file__).resolve().parent
+    for name in RUNTIME_MODULES:
+        shutil.copyfile(here / f"{name}.py", package / f"{name}.py")
+    for path in (root, package, *package.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def python_command(code_dir: str, control_fd: int) -> list[str]:
+    bootstrap = (
+        f"import sys; sys.path.insert(0, {code_dir!r}); "
+        f"from {PACKAGE}.sandbox_server import main; main()"
+    )
+    return [sys.executable, "-I", "-c", bootstrap, str(control_fd)]
+
+
+@functools.cache
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+
+
+def bwrap_command(code_dir: Path, disk_bytes: int) -> list[str]:
+    """The bubblewrap prefix that runs the server with no view of the course."""
+    command = [bwrap_path(), "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    command += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]
+    if os.geteuid() == 0:  # privileged: keep only what the server needs
+        command += ["--cap-drop", "ALL"]
+        for capability in SERVER_CAPABILITIES:
+            command += ["--cap-add", capability]
+    else:
+        command += ["--unshare-user"]
+    for name, value in SERVER_ENV.items():
+        command += ["--setenv", name, value]
+    command += _system_binds()
+    for path in _python_dirs():
+        command += [*_parents(path), "--ro-bind", path, path]
+    command += ["--proc", "/proc", "--dev", "/dev"]
+    command += _gpu_binds()
+    command += ["--size", str(disk_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+    command += [*_parents(SANDBOX_CODE_DIR), "--ro-bind", str(code_dir), SANDBOX_CODE_DIR]
+    command += ["--chdir", "/"]
+    return command
+
+
+def _system_binds() -> list[str]:
+    binds = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            binds += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            binds += ["--ro-bind", path, path]
+    return binds
+
+
+def _python_dirs() -> list[str]:
+    """The Python installation and the virtual environment, outside the system dirs."""
+    dirs = []
+    for prefix in (sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix):
+        for path in {prefix, os.path.realpath(prefix)}:
+            if path.startswith(("/usr/", "/etc/")) or path in dirs:
+                continue
+            if not any(path.startswith(d + "/") for d in dirs):
+                dirs.append(path)
+    return dirs
+
+
+def _parents(path: str) -> list[str]:
+    """Create the parent directories world-readable (they are empty tmpfs dirs)."""
+    args = []
+    parts = Path(path).parts[1:-1]
+    for index in range(1, len(parts) + 1):
+        args += ["--perms", "0755", "--dir", "/" + "/".join(parts[:index])]
+    return args
+
+
+def _gpu_binds() -> list[str]:
+    devices = sorted(str(p) for p in Path("/dev").glob("nvidia*"))
+    return [arg for device in devices for arg in ("--dev-bind", device, device)]
+
+
+@functools.cache
+def bwrap_works() -> bool:
+    """Whether bubblewrap can start the sandbox on this machine (cached per process)."""
+    if bwrap_path() is None:
+        return False
+    code_dir = stage_runtime()
+    try:
+        probe = [*bwrap_command(code_dir, 1 << 20), sys.executable, "-I", "-S", "-c", "pass"]
+        done = subprocess.run(probe, capture_output=True, timeout=30, env=SERVER_ENV)
+        return done.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        shutil.rmtree(code_dir, ignore_errors=True)
+
+
+def start_server(code_dir: Path, control_fd: int, bubblewrap: bool, disk_bytes: int, log):
+    """Start the fork server; ``control_fd`` is inherited under the same number."""
+    inside = SANDBOX_CODE_DIR if bubblewrap else str(code_dir)
+    command = python_command(inside, control_fd)
+    if bubblewrap:
+        command = bwrap_command(code_dir, disk_bytes) + command
+    return subprocess.Popen(
+        command,
+        pass_fds=(control_fd,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=SERVER_ENV,
+        cwd="/",
+        start_new_session=True,
+    )
