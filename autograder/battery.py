@@ -100,10 +100,19 @@ class Outcome:
 
 @dataclass
 class Plan:
-    """The calls of every check, drawn from one seed."""
+    """The calls of every check, drawn from one seed.
+
+    ``mutant_results`` caches, per (check name, mutant name), the known mistakes'
+    results on these calls: filled by diagnosis in the grading process and reused for
+    every submission judged against this plan. Send ``calls``, not the plan, to the
+    code under test.
+    """
 
     seed: int
     calls: dict[str, list[Call]] = field(default_factory=dict)
+    mutant_results: dict[tuple[str, str], list[Result]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
 
 def check_seed(seed: int, check_name: str) -> int:
@@ -150,29 +159,48 @@ def judge_plan(
             outcomes.append(Outcome(check, False, reason))
             continue
         outcomes.append(
-            judge_check(battery, check, plan.calls[check.name], results, expected[check.name])
+            judge_check(
+                battery,
+                check,
+                plan.calls[check.name],
+                results,
+                expected[check.name],
+                cache=plan.mutant_results,
+            )
         )
     return outcomes
 
 
-def judge_check(battery, check, calls, results, expected) -> Outcome:
+def judge_check(battery, check, calls, results, expected, cache=None) -> Outcome:
+    """Judge one check; ``cache`` is passed on to ``diagnose``."""
     forbidden = sorted({name for result in results for name in result.forbidden})
     if forbidden:
         return Outcome(check, False, f"it calls the forbidden {', '.join(forbidden)}")
     reason = check.judge(calls, results, expected)
     if reason is None:
         return Outcome(check, True)
-    return Outcome(check, False, reason, diagnose(battery, check, calls, results))
+    return Outcome(check, False, reason, diagnose(battery, check, calls, results, cache))
 
 
-def diagnose(battery: Battery, check: Check, calls, results) -> str | None:
-    """Name the known mistake whose outputs the student's outputs match, if any."""
-    reference = battery.reference_namespace()
+def diagnose(battery: Battery, check: Check, calls, results, cache=None) -> str | None:
+    """Name the known mistake whose outputs the student's outputs match, if any.
+
+    The mutants are tried in the battery's order; one that raises on these calls is
+    skipped. ``cache`` (a dict, for instance ``Plan.mutant_results``) keeps each
+    mutant's results on this check's calls, so that they are computed once per plan.
+    """
+    reference = None
     for mutant in battery.mutants:
         if mutant.function != check.function:
             continue
-        namespace = {**reference, mutant.function: mutant.implementation}
-        mutant_results = [execute_call(namespace, call) for call in calls]
+        key = (check.name, mutant.name)
+        mutant_results = None if cache is None else cache.get(key)
+        if mutant_results is None:
+            reference = reference or battery.reference_namespace()
+            namespace = {**reference, mutant.function: mutant.implementation}
+            mutant_results = [execute_call(namespace, call) for call in calls]
+            if cache is not None:
+                cache[key] = mutant_results
         if any(result.error for result in mutant_results):
             continue
         if check.judge(calls, results, mutant_results) is None:
@@ -187,23 +215,30 @@ def scores_by_function(battery: Battery, outcomes: Sequence[Outcome]) -> dict[st
     return scores
 
 
-def forbidden_in_source(source: str, forbidden: Sequence[str]) -> list[str]:
+def forbidden_in_source(
+    source: str, forbidden: Sequence[str], own_names: Sequence[str] = ()
+) -> list[str]:
     """The forbidden built-ins that ``source`` names (``F.scaled_dot_product_attention``,
     ``from torch.nn.functional import scaled_dot_product_attention``, ...).
 
     Matching is by the last component of the dotted path, so aliases of the module
     (``import torch.nn.functional as G``) are caught too. Unparsable source names none.
+    A bare name in ``own_names`` (the contract functions) is the student's own function,
+    not the built-in: ``self_attention`` may call the student's
+    ``scaled_dot_product_attention``.
     """
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return []
-    wanted = {path.rpartition(".")[2]: path for path in forbidden}
+    wanted = {}  # last component -> the first (public) path that ends with it
+    for path in forbidden:
+        wanted.setdefault(path.rpartition(".")[2], path)
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in wanted:
             found.add(wanted[node.attr])
-        elif isinstance(node, ast.Name) and node.id in wanted:
+        elif isinstance(node, ast.Name) and node.id in wanted and node.id not in own_names:
             found.add(wanted[node.id])
         elif isinstance(node, ast.alias) and node.name.rpartition(".")[2] in wanted:
             found.add(wanted[node.name.rpartition(".")[2]])

@@ -7,6 +7,7 @@ reference's values or the hidden inputs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -14,7 +15,11 @@ import torch
 from autograder.executor import Call, Result
 
 
-def _tensor_problem(name: str, actual, expected: torch.Tensor, rtol: float, atol: float):
+def tensor_problem(name: str, actual, expected: torch.Tensor, rtol: float, atol: float):
+    """What is wrong with tensor ``actual`` (called ``name``) given ``expected``, or None.
+
+    NaN is right only where NaN is expected (a known mistake's result can hold NaN).
+    """
     if type(actual) is not torch.Tensor:  # subclasses could lie about their values
         return f"{name} is a {type(actual).__name__}, not a plain torch.Tensor"
     if actual.shape != expected.shape:
@@ -44,15 +49,28 @@ def _tensor_problem(name: str, actual, expected: torch.Tensor, rtol: float, atol
             f"{name} differs in {bad.sum().item()} of {e.numel()} entries "
             f"(largest difference {error[finite].max().item():.3g})"
         )
-    if (~finite & (a != e)).any():
-        return f"{name} differs where the expected value is infinite"
+    if (~finite & (a != e) & ~(a.isnan() & e.isnan())).any():
+        return f"{name} differs where the expected value is not finite"
     return None
+
+
+# A decimal number or a printed tensor in an error message may be a hidden input that
+# the student's code put there on purpose.
+_HIDDEN_VALUES = re.compile(r"\d\.\d|tensor\(|array\(|\b(nan|inf)\b", re.IGNORECASE)
+
+
+def public_error(error: str) -> str:
+    """The student's own error, without its message when that could carry hidden inputs."""
+    kind, _, message = error.partition(": ")
+    if _HIDDEN_VALUES.search(message):
+        return f"{kind} (its message is withheld because it shows tensor values)"
+    return error
 
 
 def compare_result(actual: Result, expected: Result, rtol: float, atol: float, grads: bool = True):
     """The first difference between two results of the same call, or None."""
     if actual.error:
-        return f"it raised {actual.error}"
+        return f"it raised {public_error(actual.error)}"
     if expected.error:  # a broken check; say so rather than blame the student
         raise RuntimeError(f"the reference raised {expected.error}")
     if actual.structure != expected.structure:
@@ -61,12 +79,12 @@ def compare_result(actual: Result, expected: Result, rtol: float, atol: float, g
         if e is None:
             continue
         name = "the output" if len(expected.outputs) == 1 else f"output {index}"
-        problem = _tensor_problem(name, a, e, rtol, atol)
+        problem = tensor_problem(name, a, e, rtol, atol)
         if problem:
             return problem
     for name, e in expected.inputs_after.items():
         a = actual.inputs_after.get(name)
-        if a is None or _tensor_problem(name, a, e, 0.0, 0.0):
+        if a is None or tensor_problem(name, a, e, 0.0, 0.0):
             return f"it modified its input {name} in place"
     if grads:
         for name, e in expected.grads.items():
@@ -75,7 +93,7 @@ def compare_result(actual: Result, expected: Result, rtol: float, atol: float, g
                 continue
             if a is None:
                 return f"no gradient flows back to {name}"
-            problem = _tensor_problem(f"the gradient of {name}", a, e, rtol * 10, atol * 10)
+            problem = tensor_problem(f"the gradient of {name}", a, e, rtol * 10, atol * 10)
             if problem:
                 return problem
     return None

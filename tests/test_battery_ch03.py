@@ -1,0 +1,360 @@
+"""The chapter 3 battery, its known mistakes and the in-kernel runner, run in-process."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import autograder.batteries.ch03_self_attention as battery_module
+import autograder.mutants.ch03_self_attention as mutants_module
+from autograder.batteries import UnknownAssignment, available, load_battery
+from autograder.battery import judge_plan, make_plan, run_reference, scores_by_function
+from autograder.executor import execute_call
+from autograder.kernel import grade_function
+from autograder.mutants.ch03_self_attention import MUTANTS
+
+ASSIGNMENT = "ch03_self_attention"
+BATTERY = load_battery(ASSIGNMENT)
+REFERENCE = BATTERY.reference_namespace()
+SDPA, SELF, PE = BATTERY.functions
+SEED = 20240611
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The inputs are tiny: one thread is fastest and shares the machine best."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def planned():
+    """One plan and its reference results, shared (with its mutant cache) by the tests."""
+    plan = make_plan(BATTERY, SEED)
+    return plan, run_reference(BATTERY, plan)
+
+
+def grade(namespace, planned, functions=None):
+    """Scores by function and outcomes of ``namespace``, on the checks of ``functions``."""
+    plan, expected = planned
+    functions = functions or BATTERY.functions
+    names = {check.name for check in BATTERY.checks if check.function in functions}
+    actual = {
+        name: [execute_call(namespace, call) for call in calls]
+        for name, calls in plan.calls.items()
+        if name in names
+    }
+    outcomes = [
+        outcome
+        for outcome in judge_plan(BATTERY, plan, actual, expected)
+        if outcome.check.function in functions
+    ]
+    return scores_by_function(BATTERY, outcomes), outcomes
+
+
+def with_function(name, implementation):
+    return {**REFERENCE, name: implementation}
+
+
+# --- the battery as data ---
+
+
+def test_registry():
+    assert ASSIGNMENT in available()
+    assert load_battery(ASSIGNMENT) is BATTERY
+    with pytest.raises(UnknownAssignment, match=r"available: .*ch03_self_attention"):
+        load_battery("ch99_nothing")
+    with pytest.raises(KeyError):
+        load_battery("ch99_nothing")
+
+
+def test_checks_are_well_formed():
+    names = [check.name for check in BATTERY.checks]
+    assert len(names) == len(set(names))
+    assert BATTERY.functions == [
+        "scaled_dot_product_attention",
+        "self_attention",
+        "sinusoidal_positional_encoding",
+    ]
+    for function in BATTERY.functions:
+        assert BATTERY.max_score(function) == 10
+        assert set(BATTERY.forbidden[function]) >= {
+            "torch.nn.functional.scaled_dot_product_attention",
+            "torch.nn.MultiheadAttention",
+            "torch.nn.functional.multi_head_attention_forward",
+        }
+    for check in BATTERY.checks:
+        assert check.message.endswith(".") and check.points > 0
+    assert BATTERY.mutants == MUTANTS
+
+
+def test_leak_markers():
+    for module in (battery_module, mutants_module):
+        assert module.LEAK_MARKER.startswith("LEAK-MARKER-autograder-ch03-")
+    assert battery_module.LEAK_MARKER != mutants_module.LEAK_MARKER
+
+
+def test_at_least_eight_mutants_per_function():
+    for function in BATTERY.functions:
+        assert sum(mutant.function == function for mutant in MUTANTS) >= 8
+    assert len({(mutant.function, mutant.name) for mutant in MUTANTS}) == len(MUTANTS)
+
+
+def test_plan_is_deterministic_for_a_seed_and_differs_across_seeds():
+    def fingerprint(seed):
+        plan = make_plan(BATTERY, seed)
+        return [
+            (name, repr(call.args), repr(call.kwargs), call.device, call.dtype, call.seed)
+            for name, calls in plan.calls.items()
+            for call in calls
+        ]
+
+    assert fingerprint(7) == fingerprint(7)
+    assert fingerprint(7) != fingerprint(8)
+
+
+def test_sizes_within_a_call_are_distinct(planned):
+    plan, _ = planned
+    for call in plan.calls["sdpa_batched"]:
+        q, k, v = call.args
+        B, Tq, d_k = q.shape
+        assert len({B, Tq, k.shape[1], d_k, v.shape[2]}) == 5
+
+
+# --- the reference and correct variants ---
+
+
+def test_reference_scores_full_marks(planned):
+    scores, outcomes = grade(REFERENCE, planned)
+    assert scores == dict.fromkeys(BATTERY.functions, 10.0), [o.feedback() for o in outcomes]
+
+
+def sdpa_by_hand(q, k, v):
+    scores = (q / math.sqrt(q.shape[-1])) @ k.mT
+    weights = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights @ v, weights
+
+
+def self_attention_einsum(x, W_q, W_k, W_v):
+    q, k = F.linear(x, W_q), torch.einsum("btd,kd->btk", x, W_k)
+    scores = torch.einsum("bqd,bkd->bqk", q, k) * q.shape[-1] ** -0.5
+    weights = F.softmax(scores, dim=-1)
+    return weights @ F.linear(x, W_v), weights
+
+
+def pe_by_slices(T, D, base=10000.0, dtype=torch.float32, device=None):
+    pe = torch.zeros(T, D, device=device)
+    position = torch.arange(T, device=device).float().unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, D, 2, device=device).float() * (-math.log(base) / D))
+    pe[:, 0::2] = torch.sin(position * frequency)
+    pe[:, 1::2] = torch.cos(position * frequency)[:, : D // 2]
+    return pe.to(dtype)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_other_correct_implementations_score_full_marks(seed):
+    plan = make_plan(BATTERY, seed)
+    namespace = {
+        **REFERENCE,
+        SDPA: sdpa_by_hand,
+        SELF: self_attention_einsum,
+        PE: pe_by_slices,
+    }
+    scores, outcomes = grade(namespace, (plan, run_reference(BATTERY, plan)))
+    assert scores == dict.fromkeys(BATTERY.functions, 10.0), [o.feedback() for o in outcomes]
+
+
+# --- wrong submissions ---
+
+
+def test_blank_namespace_scores_zero_with_clear_messages(planned):
+    scores, outcomes = grade({}, planned)
+    assert scores == dict.fromkeys(BATTERY.functions, 0.0)
+    for outcome in outcomes:
+        assert f"{outcome.check.function} is not defined" in outcome.feedback()
+        assert outcome.mistake is None
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: f"{m.function}-{m.name}")
+def test_every_mutant_loses_points_and_is_named(planned, mutant):
+    scores, outcomes = grade(
+        with_function(mutant.function, mutant.implementation), planned, [mutant.function]
+    )
+    assert scores[mutant.function] < 10
+    failed = [outcome for outcome in outcomes if not outcome.passed]
+    named = {outcome.check.name: outcome.mistake for outcome in failed}
+    assert mutant.mistake in named.values()
+    # where another known mistake is named, the diagnosis would mislead the student
+    assert set(named.values()) <= {mutant.mistake, None}, named
+    assert all(mutant.mistake in outcome.feedback() for outcome in failed if outcome.mistake)
+
+
+def test_diagnosis_is_cached_per_plan(planned):
+    plan, _ = planned
+    mutant = MUTANTS[0]
+    grade(with_function(mutant.function, mutant.implementation), planned, [mutant.function])
+    cached = dict(plan.mutant_results)
+    assert ("sdpa_batched", mutant.name) in cached
+    grade(with_function(mutant.function, mutant.implementation), planned, [mutant.function])
+    assert all(plan.mutant_results[key] is results for key, results in cached.items())
+
+
+def sdpa_with_fixed_device(q, k, v):
+    d = q.shape[-1]
+    scale = torch.ones(k.shape[-2]) / math.sqrt(d)  # on the CPU whatever q's device
+    weights = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)
+    return weights @ v, weights
+
+
+def pe_with_fixed_device(T, D, base=10000.0, dtype=torch.float32, device=None):
+    return REFERENCE[PE](T, D, base, dtype).to(dtype)  # ignores device
+
+
+@pytest.mark.parametrize(
+    ("function", "implementation", "meta_check"),
+    [(SDPA, sdpa_with_fixed_device, "sdpa_meta"), (PE, pe_with_fixed_device, "pe_meta")],
+)
+def test_a_tensor_on_a_fixed_device_fails_the_meta_check(
+    planned, function, implementation, meta_check
+):
+    _, outcomes = grade(with_function(function, implementation), planned, [function])
+    verdicts = {outcome.check.name: outcome.passed for outcome in outcomes}
+    assert not verdicts[meta_check]
+    assert next(iter(verdicts.values()))  # right on the CPU in float32
+
+
+def sdpa_in_place(q, k, v):
+    if not q.requires_grad:
+        q.mul_(1 / math.sqrt(q.shape[-1]))  # modifies the caller's tensor
+    else:
+        q = q / math.sqrt(q.shape[-1])
+    weights = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+    return weights @ v, weights
+
+
+def test_modifying_an_input_in_place_fails(planned):
+    _, outcomes = grade(with_function(SDPA, sdpa_in_place), planned, [SDPA])
+    batched = next(outcome for outcome in outcomes if outcome.check.name == "sdpa_batched")
+    assert not batched.passed
+    assert "modified its input args[0] in place" in batched.reason
+
+
+class LyingTensor(torch.Tensor):
+    def __eq__(self, other):
+        return True
+
+    def allclose(self, *args, **kwargs):
+        return True
+
+    def equal(self, *args, **kwargs):
+        return True
+
+
+def sdpa_lying(q, k, v):
+    out, weights = REFERENCE[SDPA](q, k, v)
+    return torch.zeros_like(out).as_subclass(LyingTensor), weights.as_subclass(LyingTensor)
+
+
+def test_a_lying_tensor_subclass_scores_zero(planned):
+    scores, outcomes = grade(with_function(SDPA, sdpa_lying), planned, [SDPA])
+    assert scores[SDPA] == 0
+    assert "not a plain torch.Tensor" in outcomes[0].reason
+
+
+def self_attention_causal(x, W_q, W_k, W_v):
+    q, k, v = x @ W_q.T, x @ W_k.T, x @ W_v.T
+    T = x.shape[-2]
+    scores = q @ k.mT / math.sqrt(q.shape[-1])
+    allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return weights @ v, weights
+
+
+def test_the_permutation_check_is_a_property_of_the_submission(planned):
+    _, outcomes = grade(with_function(SELF, self_attention_causal), planned, [SELF])
+    permutation = next(o for o in outcomes if o.check.name == "self_attention_permutation")
+    assert not permutation.passed
+    assert "permuted tokens" in permutation.reason
+    # a wrong but equivariant mistake passes it: the check looks at no reference value
+    mutant = next(m for m in MUTANTS if m.function == SELF and m.name == "no_scaling")
+    _, outcomes = grade(with_function(SELF, mutant.implementation), planned, [SELF])
+    assert next(o for o in outcomes if o.check.name == "self_attention_permutation").passed
+
+
+# --- the in-kernel runner ---
+
+
+def sdpa_forbidden(q, k, v):
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out, REFERENCE[SDPA](q, k, v)[1]
+
+
+def sdpa_forbidden_hidden(q, k, v):
+    built_in = getattr(F, "scaled_dot_" + "product_attention")
+    return built_in(q, k, v), REFERENCE[SDPA](q, k, v)[1]
+
+
+@pytest.mark.parametrize("cheat", [sdpa_forbidden, sdpa_forbidden_hidden])
+def test_a_forbidden_built_in_scores_zero(capsys, cheat):
+    original = F.scaled_dot_product_attention
+    score = grade_function(ASSIGNMENT, SDPA, with_function(SDPA, cheat), seed=SEED)
+    assert score == 0
+    out, err = capsys.readouterr()
+    assert "forbidden torch.nn.functional.scaled_dot_product_attention" in out
+    assert err == ""
+    assert F.scaled_dot_product_attention is original  # the trip-wire is removed
+
+
+def test_kernel_gives_the_reference_full_marks_and_prints_one_line_per_check(capsys):
+    assert grade_function(ASSIGNMENT, SELF, dict(REFERENCE), seed=SEED) == 10
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert lines[0] == "self_attention: 10 / 10 points"
+    assert len(lines) == 1 + sum(check.function == SELF for check in BATTERY.checks)
+    assert err == ""
+
+
+def raises_system_exit(*args, **kwargs):
+    raise SystemExit(3)
+
+
+def noisy(*args, **kwargs):
+    import sys
+    import warnings
+
+    print("student output")
+    print("student error", file=sys.stderr)
+    warnings.warn("student warning", stacklevel=1)
+    return REFERENCE[SDPA](*args, **kwargs)
+
+
+def returns_garbage(*args, **kwargs):
+    return {"not": "a tensor"}, object()
+
+
+@pytest.mark.parametrize("garbage", [None, 42, "text", raises_system_exit, returns_garbage])
+def test_kernel_never_raises_on_garbage(capsys, garbage):
+    namespace = {} if garbage is None else {**REFERENCE, SDPA: garbage}
+    assert grade_function(ASSIGNMENT, SDPA, namespace, seed=SEED) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("scaled_dot_product_attention: 0 / 10 points")
+    assert err == ""
+
+
+def test_kernel_keeps_the_student_output_and_warnings_away(capsys):
+    assert grade_function(ASSIGNMENT, SDPA, with_function(SDPA, noisy), seed=SEED) == 10
+    out, err = capsys.readouterr()
+    assert "student" not in out and err == ""
+
+
+def test_kernel_seed_comes_from_the_environment(monkeypatch, capsys):
+    wrong = next(m for m in MUTANTS if m.name == "no_max_subtraction" and m.function == SDPA)
+    monkeypatch.setenv("AUTOGRADER_SEED", str(SEED))
+    namespace = with_function(SDPA, wrong.implementation)
+    assert grade_function(ASSIGNMENT, SDPA, namespace) == 9
+    out, _ = capsys.readouterr()
+    assert wrong.mistake in out
