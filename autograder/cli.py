@@ -1,0 +1,150 @@
+"""The command line: ``python -m autograder grade <assignment_id> <submitted_dir> [options]``.
+
+Grades every submission (see ``autograder.grading``), shows a progress bar on stderr
+while it works, then a summary. Exit status: 0 when the run completed (whatever the
+students scored), 2 for a usage error or an unknown assignment, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from autograder.grading import GradingError, Interrupted, Summary, grade
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Progress:
+    """A progress bar on a terminal, a line every few seconds anywhere else."""
+
+    def __init__(self, stream=None, width: int = 30, every_s: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.width, self.every_s = width, every_s
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.total = self.done = 0
+        self.started = self.last_line = time.monotonic()
+
+    def start(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.started = self.last_line = time.monotonic()
+        if total:
+            self._write(f"grading {total} submissions", force=True)
+
+    def advance(self, record: dict) -> None:
+        self.done += 1
+        self._write(f"{record['student']}: {record['score']:g}/{record['max_score']:g}")
+
+    def finish(self) -> None:
+        if self.tty and self.total:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _write(self, note: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            filled = self.width * self.done // max(self.total, 1)
+            bar = "#" * filled + "." * (self.width - filled)
+            line = f"[{bar}] {self.done}/{self.total} {self._eta(now)} {note}"
+            self.stream.write("\r\x1b[K" + line[:120])
+        elif force or self.done == self.total or now - self.last_line >= self.every_s:
+            self.stream.write(f"{self.done}/{self.total} graded {self._eta(now)}\n")
+            self.last_line = now
+        self.stream.flush()
+
+    def _eta(self, now: float) -> str:
+        if not self.done or self.done >= self.total:
+            return f"({now - self.started:.0f}s)"
+        left = (now - self.started) / self.done * (self.total - self.done)
+        return f"(about {left:.0f}s left)"
+
+
+def format_summary(summary: Summary) -> str:
+    lines = [
+        f"{summary.assignment}: {summary.students} students "
+        f"({summary.graded_now} graded now, {summary.skipped} already graded)",
+        f"mean score {summary.mean_score:.2f} / {summary.max_score:g}",
+    ]
+    if summary.failed_checks:
+        lines.append("checks failed most:")
+        lines += [f"  {count:4d}  {name}" for name, count in summary.failed_checks]
+    if summary.not_graded:
+        lines.append(f"not graded ({len(summary.not_graded)}):")
+        lines += [f"  {student}: {reason}" for student, reason in summary.not_graded.items()]
+    if summary.problems:
+        lines.append(f"notebook problems ({len(summary.problems)} submissions):")
+        lines += [f"  {student}: {'; '.join(p)}" for student, p in summary.problems.items()]
+    if summary.gradebook_note:
+        lines.append(summary.gradebook_note)
+        lines.append(f"suspected tampering: {len(summary.tampering)}")
+        lines += [
+            f"  {s.student} {s.function}: {s.kernel_score:g} in the kernel, {s.engine_score:g} here"
+            for s in summary.tampering
+        ]
+    isolation = ", ".join(f"{level} ({n})" for level, n in summary.isolation.items())
+    lines.append(f"isolation: {isolation or 'no code ran in this run'}")
+    lines.append(f"results in {summary.out_dir} (grades.csv, feedback/, records/)")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="python -m autograder", description=__doc__.split("\n")[0])
+    commands = main.add_subparsers(dest="command", required=True)
+    grading = commands.add_parser("grade", help="grade every submission of one assignment")
+    grading.add_argument("assignment_id")
+    grading.add_argument("submitted_dir", type=Path, help="<student_id>/<assignment_id>/*.ipynb")
+    grading.add_argument("--json", type=Path, dest="json_path", help="write the records here")
+    grading.add_argument("--out", type=Path, help="output folder (grading/<assignment_id>)")
+    grading.add_argument("--workers", type=positive, help="parallel sandboxes (CPU count)")
+    grading.add_argument("--force", action="store_true", help="regrade graded students too")
+    grading.add_argument("--isolation", choices=("auto", "bubblewrap", "process"), default="auto")
+    return main
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def run_grade(args: argparse.Namespace) -> int:
+    progress = Progress()
+    out_dir = args.out or Path("grading") / args.assignment_id
+    try:
+        summary = grade(
+            args.assignment_id,
+            args.submitted_dir,
+            out_dir,
+            workers=args.workers,
+            force=args.force,
+            json_path=args.json_path,
+            isolation=args.isolation,
+            on_start=progress.start,
+            on_record=progress.advance,
+        )
+    except Interrupted as stop:
+        progress.finish()
+        print(
+            f"\ninterrupted: {stop.finished} submissions graded and saved, {stop.left} left; "
+            "run the same command again to resume (graded students are skipped)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except GradingError as error:
+        progress.finish()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    progress.finish()
+    print(format_summary(summary))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "grade":
+        return run_grade(args)
+    return EXIT_USAGE
