@@ -80,11 +80,13 @@ def bwrap_command(code_dir: Path, disk_bytes: int) -> list[str]:
     for name, value in SERVER_ENV.items():
         command += ["--setenv", name, value]
     command += _system_binds()
+    # The private /tmp first: a Python installation or virtual environment that lives
+    # under /tmp is then bound on top of it rather than hidden by it.
+    command += ["--size", str(disk_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     for path in _python_dirs():
         command += [*_parents(path), "--ro-bind", path, path]
     command += ["--proc", "/proc", "--dev", "/dev"]
     command += _gpu_binds()
-    command += ["--size", str(disk_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     command += [*_parents(SANDBOX_CODE_DIR), "--ro-bind", str(code_dir), SANDBOX_CODE_DIR]
     command += ["--chdir", "/"]
     return command

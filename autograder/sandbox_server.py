@@ -36,7 +36,7 @@ import time
 import traceback
 
 import safetensors.torch  # noqa: F401  (imported once here, for every child)
-import torch  # noqa: F401
+import torch
 
 from .sandbox_child import serve
 from .sandbox_confine import confine
@@ -82,7 +82,20 @@ def main() -> None:
     for name in PREIMPORTED:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    _warm_up_meta()
     Server(control).loop()
+
+
+def _warm_up_meta() -> None:
+    """Trigger the imports that torch makes lazily on the meta device (sympy, mpmath, ...).
+
+    A child running as an unprivileged user may be unable to import them itself. Meta
+    tensors have no data, so this runs no kernel and starts no thread pool.
+    """
+    with contextlib.suppress(Exception):
+        q = torch.empty(2, 3, 4, device="meta", requires_grad=True)
+        weights = torch.softmax(q @ q.transpose(-2, -1), dim=-1)
+        (weights @ q).sum().backward()
 
 
 def _harden() -> None:
