@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 ACCELERATOR = "accelerator"  # resolved to "cuda" when present, else "cpu"
+# The prefix of a Result.error about what the code returned (rather than raised).
+RETURNED = "it returned "
+MAX_OUTPUTS = 64  # values in one call's result; a contract function returns a few tensors
 # An argument equal to this string is replaced by the call's resolved device (as a
 # string), for functions that take a ``device`` argument and no tensor to follow.
 CALL_DEVICE = "<call device>"
@@ -186,10 +189,18 @@ def _named_inputs(args: tuple, kwargs: Mapping) -> dict:
     return {name: value for name, value in named.items() if isinstance(value, torch.Tensor)}
 
 
-def _describe(error: BaseException) -> str:
-    message = str(error).strip().splitlines()
-    first_line = message[0][:300] if message else ""
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+def describe_error(error: BaseException) -> str:
+    """``"Type: first line of the message"``, even for an exception whose ``__str__`` raises."""
+    try:
+        lines = str(error).strip().splitlines()
+    except BaseException:  # a hostile __str__
+        lines = []
+    try:
+        name = str(type(error).__name__)
+    except BaseException:
+        name = "an exception"
+    first = lines[0][:300] if lines else ""
+    return f"{name}: {first}" if first else name
 
 
 def execute_call(namespace: Mapping, call: Call) -> Result:
@@ -199,7 +210,7 @@ def execute_call(namespace: Mapping, call: Call) -> Result:
     try:
         _execute(namespace, call, result)
     except BaseException as error:  # a crash of the called code is data, not ours
-        result.error = _describe(error)
+        result.error = describe_error(error)
     result.forbidden = sorted(set(_TRIPPED))
     return result
 
@@ -229,6 +240,10 @@ def _execute(namespace: Mapping, call: Call, result: Result) -> None:
     value = target(*args, **kwargs)
     outputs: list = []
     result.structure = _flatten(value, outputs)
+    if len(outputs) > MAX_OUTPUTS:
+        result.structure = result.structure[:60] + "..."
+        result.error = f"{RETURNED}{len(outputs)} values, not a tensor or a few tensors"
+        return
     result.outputs = [t.detach() if isinstance(t, torch.Tensor) else None for t in outputs]
     result.inputs_after = {name: t.detach().clone() for name, t in inputs.items()}
     if call.grad:

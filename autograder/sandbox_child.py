@@ -23,8 +23,8 @@ import sys
 
 import torch
 
-from .executor import Result, execute_call, install_tripwires
-from .sandbox_codec import FrameReader, TensorPacker, decode_call, encode_result, frame
+from .executor import RETURNED, Result, describe_error, execute_call, install_tripwires
+from .sandbox_codec import MAX_BLOB, FrameReader, TensorPacker, decode_call, encode_result, frame
 
 CHANNEL_FD = 3
 EXIT_CHANNEL_LOST = 71  # the data channel broke: the grader reports it
@@ -83,20 +83,10 @@ def run_cell(namespace: dict, number: int, source: str) -> str | None:
         code = compile(strip_magics(source), f"<cell {number}>", "exec")
         exec(code, namespace)
     except BaseException as error:  # a failing cell costs what it defines, no more
-        return describe(error)
+        return describe_error(error)
     finally:
         _flush_output()
     return None
-
-
-def describe(error: BaseException) -> str:
-    try:
-        lines = str(error).strip().splitlines()
-    except BaseException:  # a hostile __str__
-        lines = []
-    first = lines[0][:300] if lines else ""
-    name = type(error).__name__
-    return f"{name}: {first}" if first else name
 
 
 def _leftovers(own_uid: bool) -> tuple[int, bool]:
@@ -134,22 +124,34 @@ def _send_result(name: str, index: int, result: Result, owner: int) -> None:
     try:
         message, tensors = _pack_result(name, index, result)
     except BaseException as error:  # unsupported dtype, out of memory, hostile tensor
-        failed = Result(error=f"it returned something that cannot be sent ({describe(error)})")
+        failed = Result(error=f"{RETURNED}something that cannot be sent ({describe_error(error)})")
         message, tensors = _pack_result(name, index, failed)
     _send(message, tensors, owner=owner)
 
 
 def _pack_result(name: str, index: int, result: Result):
-    for tensor in result.outputs:
-        if tensor is not None and type(tensor) is not torch.Tensor:
-            result = Result(
-                structure=result.structure,
-                error=f"TypeError: it returned a {type(tensor).__name__}, not a plain torch.Tensor",
-            )
-            break
+    problem = _unsendable(result)
+    if problem:
+        result = Result(structure=result.structure[:200], error=RETURNED + problem)
     packer = TensorPacker()
     encoded = encode_result(result, packer)
     return {"type": "result", "check": name, "index": index, "result": encoded}, packer.tensors
+
+
+def _unsendable(result: Result) -> str | None:
+    """Why the grader would refuse ``result``, in the student's terms; None if it is fine."""
+    tensors = [*result.outputs, *result.grads.values(), *result.inputs_after.values()]
+    for tensor in result.outputs:
+        if tensor is not None and type(tensor) is not torch.Tensor:
+            return f"a {type(tensor).__name__}, not a plain torch.Tensor"
+    size = sum(t.numel() * t.element_size() for t in tensors if _has_data(t))
+    if size > MAX_BLOB:
+        return f"{size / 2**20:.0f} MiB of tensors, more than the grader accepts"
+    return None
+
+
+def _has_data(tensor) -> bool:
+    return type(tensor) is torch.Tensor and tensor.device.type != "meta"
 
 
 def _send(message: dict, tensors=None, *, owner: int) -> None:
