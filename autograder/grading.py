@@ -465,7 +465,19 @@ def function_feedback(record: dict, function: str) -> str:
     """The text a student reads about one function: every check, or why nothing was graded."""
     if record["status"] != "graded":
         return f"Not graded: {record.get('reason', 'the submission could not be graded')}."
-    return "\n".join(check["feedback"] for check in record["functions"][function]["checks"])
+    entry = record["functions"][function]
+    return "\n".join([summary_line(entry), *(check["feedback"] for check in entry["checks"])])
+
+
+def summary_line(entry: dict) -> str:
+    """One sentence over a function's checks, read before the details."""
+    checks = entry["checks"]
+    passed = sum(check["passed"] for check in checks)
+    if passed == len(checks):
+        return f"All {len(checks)} checks passed."
+    if all("raised NotImplementedError" in check["feedback"] for check in checks):
+        return "Not written yet: it still raises NotImplementedError."
+    return f"{passed} of {len(checks)} checks passed."
 
 
 def json_records(records: Sequence[dict]) -> list[dict]:
@@ -496,7 +508,9 @@ def feedback_markdown(record: dict) -> str:
         lines += [function_feedback(record, ""), ""]
     for function, entry in record["functions"].items():
         lines.append(f"## {function}: {_number(entry['score'])} / {_number(entry['max_score'])}")
-        lines += ["", *_check_lines(entry), ""] if entry["checks"] else [""]
+        lines += (
+            ["", summary_line(entry), "", *_check_lines(entry), ""] if entry["checks"] else [""]
+        )
     problems = record["problems"] if graded else record["problems"][1:]
     lines += _section("Problems with the notebook", problems)
     errors = [f"cell {error['cell'] or '?'}: {error['message']}" for error in record["cell_errors"]]
