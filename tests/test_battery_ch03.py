@@ -358,3 +358,45 @@ def test_kernel_seed_comes_from_the_environment(monkeypatch, capsys):
     assert grade_function(ASSIGNMENT, SDPA, namespace) == 9
     out, _ = capsys.readouterr()
     assert wrong.mistake in out
+
+
+def test_every_mutant_fails_the_same_checks_on_every_seed():
+    """A known mistake costs the same points whatever the run's seed, so that the kernel's
+    grade and the grader's (drawn from different seeds) agree on it: where they disagree,
+    the grader reports suspected tampering."""
+    failed_sets = {}
+    for seed in range(8):
+        plan = make_plan(BATTERY, seed)
+        expected = run_reference(BATTERY, plan)
+        for mutant in MUTANTS:
+            namespace = with_function(mutant.function, mutant.implementation)
+            failed = frozenset(
+                check.name
+                for check in BATTERY.checks
+                if check.function == mutant.function
+                and check.judge(
+                    plan.calls[check.name],
+                    [execute_call(namespace, call) for call in plan.calls[check.name]],
+                    expected[check.name],
+                )
+                is not None
+            )
+            assert failed, f"seed {seed}: {mutant.function}/{mutant.name} passes every check"
+            failed_sets.setdefault((mutant.function, mutant.name), set()).add(failed)
+    varying = {mutant: sets for mutant, sets in failed_sets.items() if len(sets) > 1}
+    assert not varying, f"the failed checks depend on the seed: {varying}"
+
+
+def test_low_precision_positions_catch_angles_in_the_target_dtype_on_every_draw():
+    """The mistake shows only for large enough T and D; every draw must be large enough."""
+    mutant = next(m for m in MUTANTS if m.implementation.__name__ == "pe_in_target_dtype")
+    namespace = with_function(PE, mutant.implementation)
+    checks = [check for check in BATTERY.checks if check.name in ("pe_float16", "pe_bfloat16")]
+    assert len(checks) == 2
+    for seed in range(300):
+        for check in checks:
+            generator = torch.Generator().manual_seed(seed)
+            calls = check.calls(generator)
+            expected = [execute_call(REFERENCE, call) for call in calls]
+            actual = [execute_call(namespace, call) for call in calls]
+            assert check.judge(calls, actual, expected), f"{check.name} passes on seed {seed}"
