@@ -31,12 +31,12 @@ How to read the output:
   CSV, the nbgrader gradebook) are not. ``ratio`` is the grader's throughput over
   nbgrader's; the goal is at least 10.
 - ``agreement``: how many students get the same total from both tools (within 1e-6),
-  by kind of submission. Both run the same battery with different random seeds, so
-  honest, partial and blank submissions must agree; a known mistake may pass a check on
-  one seed and fail it on another, so a few ``wrong`` ones may differ. The differing
-  students are listed. The run fails if a tool left any student without a score.
-  The grader, run second, also compares its scores with the kernel's in the gradebook:
-  its count of suspected tampering includes such seed-dependent differences.
+  by kind of submission. Both run the same battery with different random seeds; every
+  kind must agree, ``wrong`` included, since each known mistake fails the same checks
+  on every seed (``tests/test_battery_ch03.py`` proves it). The differing students are
+  listed. The run fails if a tool left any student without a score. The grader, run
+  second, also compares its scores with the kernel's in the gradebook and counts the
+  suspected tampering, which must be 0 here.
 
 Timings are only as good as the machine is quiet: run it with nothing else busy.
 """
