@@ -78,6 +78,29 @@ def assert_unmodified(fn, *args, **kwargs):
     return result
 
 
+def assert_gradients_match(fn, torch_fn, *inputs, loss=lambda out: out.square().sum()):
+    """Backpropagate ``loss`` through ``fn`` and through ``torch_fn`` (the same computation
+    written with PyTorch's built-ins) from copies of ``inputs``: the gradients must agree."""
+    ours = [t.clone().requires_grad_() for t in inputs]
+    theirs = [t.clone().requires_grad_() for t in inputs]
+    loss(fn(*ours)).backward()
+    loss(torch_fn(*theirs)).backward()
+    for index, (mine, reference) in enumerate(zip(ours, theirs, strict=True)):
+        torch.testing.assert_close(
+            mine.grad, reference.grad, **F64, msg=lambda m, i=index: f"input {i}: {m}"
+        )
+
+
+def assert_same_layout_on_meta(cpu_out, meta_out):
+    """The meta outputs have the CPU outputs' structure, shapes and dtypes, on ``meta``."""
+    cpu_tensors, meta_tensors = tensors_of(cpu_out), tensors_of(meta_out)
+    assert len(cpu_tensors) == len(meta_tensors)
+    for cpu_tensor, meta_tensor in zip(cpu_tensors, meta_tensors, strict=True):
+        assert meta_tensor.device.type == "meta"
+        assert meta_tensor.shape == cpu_tensor.shape
+        assert meta_tensor.dtype == cpu_tensor.dtype
+
+
 def assert_meta_matches(fn, *args, **kwargs):
     """Run ``fn`` on the CPU and on ``meta``: same structure, shapes and dtypes, all on meta.
 
@@ -86,12 +109,7 @@ def assert_meta_matches(fn, *args, **kwargs):
     """
     cpu_out = fn(*args, **kwargs)
     meta_out = fn(*move(args, "meta"), **move(kwargs, "meta"))
-    cpu_tensors, meta_tensors = tensors_of(cpu_out), tensors_of(meta_out)
-    assert len(cpu_tensors) == len(meta_tensors)
-    for cpu_tensor, meta_tensor in zip(cpu_tensors, meta_tensors, strict=True):
-        assert meta_tensor.device.type == "meta"
-        assert meta_tensor.shape == cpu_tensor.shape
-        assert meta_tensor.dtype == cpu_tensor.dtype
+    assert_same_layout_on_meta(cpu_out, meta_out)
 
 
 def assert_cuda_matches(fn, dtype, *args, **kwargs):

@@ -6,7 +6,14 @@ A module is copied before it moves, so the float64 CPU original stays usable.
 import copy
 
 import torch
-from helpers import CUDA_TOLERANCES, assert_close, move, tensors_of, tree_map
+from helpers import (
+    CUDA_TOLERANCES,
+    assert_close,
+    assert_same_layout_on_meta,
+    move,
+    tensors_of,
+    tree_map,
+)
 
 
 def moved_module(module, device, dtype=None):
@@ -18,12 +25,7 @@ def assert_module_meta_matches(module, *args, **kwargs):
     """Run ``module`` on the CPU and a copy of it on ``meta``: same shapes and dtypes, on meta."""
     cpu_out = module(*args, **kwargs)
     meta_out = moved_module(module, "meta")(*move(args, "meta"), **move(kwargs, "meta"))
-    cpu_tensors, meta_tensors = tensors_of(cpu_out), tensors_of(meta_out)
-    assert len(cpu_tensors) == len(meta_tensors)
-    for cpu_tensor, meta_tensor in zip(cpu_tensors, meta_tensors, strict=True):
-        assert meta_tensor.device.type == "meta"
-        assert meta_tensor.shape == cpu_tensor.shape
-        assert meta_tensor.dtype == cpu_tensor.dtype
+    assert_same_layout_on_meta(cpu_out, meta_out)
 
 
 def assert_module_cuda_matches(module, dtype, *args, **kwargs):

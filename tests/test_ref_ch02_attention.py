@@ -7,6 +7,7 @@ from helpers import (
     F64,
     assert_close,
     assert_cuda_matches,
+    assert_gradients_match,
     assert_meta_matches,
     assert_unmodified,
     cuda_dtypes,
@@ -118,12 +119,7 @@ def test_additive_scores_matches_linear_layers(additive_inputs):
 
 
 def test_additive_scores_gradients_match_pytorch(additive_inputs):
-    ours = [t.clone().requires_grad_() for t in additive_inputs]
-    theirs = [t.clone().requires_grad_() for t in additive_inputs]
-    additive_scores(*ours).square().sum().backward()
-    torch_additive_scores(*theirs).square().sum().backward()
-    for mine, reference in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(mine.grad, reference.grad, **F64)
+    assert_gradients_match(additive_scores, torch_additive_scores, *additive_inputs)
 
 
 def test_additive_scores_on_meta_and_unmodified(additive_inputs):

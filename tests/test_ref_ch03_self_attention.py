@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import (
-    F64,
     assert_close,
     assert_cuda_matches,
+    assert_gradients_match,
     assert_meta_matches,
     assert_unmodified,
     cuda_dtypes,
@@ -61,13 +61,13 @@ def test_sdpa_large_logits_stay_finite(gen):
 
 
 def test_sdpa_gradients_match_pytorch(qkv):
-    ours = [t.clone().requires_grad_() for t in qkv]
-    theirs = [t.clone().requires_grad_() for t in qkv]
     upstream = torch.randn(B, H, TQ, DV, dtype=torch.float64)
-    (scaled_dot_product_attention(*ours)[0] * upstream).sum().backward()
-    (F.scaled_dot_product_attention(*theirs) * upstream).sum().backward()
-    for mine, reference in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(mine.grad, reference.grad, **F64)
+    assert_gradients_match(
+        lambda *t: scaled_dot_product_attention(*t)[0],
+        F.scaled_dot_product_attention,
+        *qkv,
+        loss=lambda out: (out * upstream).sum(),
+    )
 
 
 def test_sdpa_passes_gradcheck(gen):
@@ -112,14 +112,10 @@ def test_self_attention_is_permutation_equivariant(projections):
 
 
 def test_self_attention_gradients_match_pytorch(projections):
-    ours = [t.clone().requires_grad_() for t in projections]
-    theirs = [t.clone().requires_grad_() for t in projections]
-    self_attention(*ours)[0].square().sum().backward()
-    x, W_q, W_k, W_v = theirs
-    q, k, v = F.linear(x, W_q), F.linear(x, W_k), F.linear(x, W_v)
-    F.scaled_dot_product_attention(q, k, v).square().sum().backward()
-    for mine, reference in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(mine.grad, reference.grad, **F64)
+    def torch_self_attention(x, W_q, W_k, W_v):
+        return F.scaled_dot_product_attention(F.linear(x, W_q), F.linear(x, W_k), F.linear(x, W_v))
+
+    assert_gradients_match(lambda *t: self_attention(*t)[0], torch_self_attention, *projections)
 
 
 def test_self_attention_on_meta_and_unmodified(projections):

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import (
-    F64,
     assert_close,
     assert_cuda_matches,
+    assert_gradients_match,
     assert_meta_matches,
     assert_unmodified,
     cuda_dtypes,
@@ -123,12 +123,11 @@ def test_masked_attention_gradients_match_pytorch(gen):
     ]
     mask = random_mask((B, TQ, TK), gen)
     mask[..., 2] = True
-    ours = [t.clone().requires_grad_() for t in inputs]
-    theirs = [t.clone().requires_grad_() for t in inputs]
-    masked_attention(*ours, mask)[0].square().sum().backward()
-    F.scaled_dot_product_attention(*theirs, attn_mask=mask).square().sum().backward()
-    for mine, reference in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(mine.grad, reference.grad, **F64)
+    assert_gradients_match(
+        lambda *t: masked_attention(*t, mask)[0],
+        lambda *t: F.scaled_dot_product_attention(*t, attn_mask=mask),
+        *inputs,
+    )
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from helpers import (
     F64,
     assert_close,
     assert_cuda_matches,
+    assert_gradients_match,
     assert_meta_matches,
     assert_unmodified,
     cuda_dtypes,
@@ -46,14 +47,13 @@ def test_layer_norm_default_eps_is_1e_5(gen):
 
 def test_layer_norm_gradients_match_pytorch(gen):
     tensors = (randn(B, TQ, 7, generator=gen), randn(7, generator=gen), randn(7, generator=gen))
-    ours = [t.clone().requires_grad_() for t in tensors]
-    theirs = [t.clone().requires_grad_() for t in tensors]
     upstream = randn(B, TQ, 7, generator=gen)
-    (layer_norm(*ours) * upstream).sum().backward()
-    x, gamma, beta = theirs
-    (F.layer_norm(x, (7,), gamma, beta) * upstream).sum().backward()
-    for mine, reference in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(mine.grad, reference.grad, **F64)
+    assert_gradients_match(
+        layer_norm,
+        lambda x, gamma, beta: F.layer_norm(x, (7,), gamma, beta),
+        *tensors,
+        loss=lambda out: (out * upstream).sum(),
+    )
 
 
 def test_layer_norm_on_meta_and_unmodified(gen):
@@ -100,12 +100,7 @@ def test_feed_forward_works_on_any_leading_dims(ffn_args):
 
 
 def test_feed_forward_gradients_match_pytorch(ffn_args):
-    ours = [t.clone().requires_grad_() for t in ffn_args]
-    theirs = [t.clone().requires_grad_() for t in ffn_args]
-    feed_forward(*ours).square().sum().backward()
-    pytorch_feed_forward(*theirs).square().sum().backward()
-    for mine, reference in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(mine.grad, reference.grad, **F64)
+    assert_gradients_match(feed_forward, pytorch_feed_forward, *ffn_args)
 
 
 def test_feed_forward_on_meta_and_unmodified(ffn_args):
