@@ -2,6 +2,7 @@
 
 import html
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,14 @@ def test_book_leaks_no_marker_and_no_reference_code(built_book):
             if found:
                 leaks[str(path.relative_to(built_book))] = sorted(set(found))[:5]
     assert not leaks, f"hidden material in the built book: {leaks}"
+
+
+def test_chapters_offer_their_current_exercise_for_download(built_book):
+    releases = sorted((ROOT / "exercises" / "release").glob("*/*.ipynb"))
+    assert releases, "no released exercise"
+    for release in releases:
+        page = built_book / "book" / f"{release.stem}.html"
+        links = re.findall(rf'href="(\.\./_downloads/[^"]*/{release.name})"', page.read_text())
+        assert links, f"{page.name} has no download link to {release.name}"
+        downloaded = (page.parent / links[0]).resolve()
+        assert downloaded.read_bytes() == release.read_bytes(), "the download is out of date"
