@@ -3,6 +3,7 @@
 import html
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +14,58 @@ from leaks import ROOT, find_leaks
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def built_book():
-    """Build the book as the README's command does (from the execution cache if fresh)."""
+def build(folder: Path) -> subprocess.CompletedProcess:
+    """Build the book in ``folder`` as the README's command does."""
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [str(jupyter_book), "build", ".", "--warningiserror", "--nitpick", "--keep-going"]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def built_book():
+    """The course's book, built (from the execution cache where it is fresh)."""
+    run = build(ROOT)
     assert run.returncode == 0, (
         f"the book build failed:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     )
     return ROOT / "_build" / "html"
+
+
+CHAPTER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+# A chapter
+
+```{{code-cell}} ipython3
+{code}
+```
+"""
+
+
+@pytest.mark.parametrize(
+    "code, builds",
+    [
+        ("print('a sound chapter')", True),
+        ("raise ValueError('a broken chapter')", False),
+        ("import warnings\nwarnings.warn('a warning')", False),
+    ],
+    ids=["sound", "cell error", "warning"],
+)
+def test_a_chapter_that_breaks_or_warns_fails_the_build(tmp_path, code, builds):
+    shutil.copy(ROOT / "_config.yml", tmp_path)
+    shutil.copy(ROOT / "references.bib", tmp_path)
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: chapter\n")
+    (tmp_path / "chapter.md").write_text(CHAPTER.format(code=code))
+    run = build(tmp_path)
+    assert (run.returncode == 0) == builds, run.stdout[-3000:]
 
 
 def test_book_has_an_index(built_book):
