@@ -374,7 +374,7 @@ def sinusoidal_positional_encoding(T, D, base=10000.0, dtype=torch.float32, devi
     angles = p / base ** (j // 2 * 2 / D)
     return torch.where(j % 2 == 0, angles.sin(), angles.cos()).to(dtype)
 """,
-        r"odd D: expected shape \(5, 7\)",
+        r"odd D: expected shape \(3, 5\)",
     ),
 }
 
