@@ -168,7 +168,9 @@ def _metadata_of_kind(kind: str, name: str) -> dict:
     if kind == "solution":
         return nbgrader_metadata(name, solution=True)
     if kind == "visible_tests":
-        return nbgrader_metadata(f"check_{name}", locked=True)
+        # Graded with 0 points, so that nbgrader's Validate button runs them and reports
+        # a stub or a wrong answer; the points come from the hidden tests.
+        return nbgrader_metadata(f"check_{name}", grade=True, locked=True, points=0)
     return nbgrader_metadata(f"test_{name}", grade=True, locked=True, points=POINTS)
 
 

@@ -107,11 +107,12 @@ def test_each_solution_is_followed_by_visible_then_hidden_tests(source):
         assert ids[at + 1 : at + 3] == [f"check_{name}", f"test_{name}"]
 
 
-def test_visible_tests_are_read_only_and_hidden_tests_graded(source):
+def test_visible_tests_are_worth_nothing_and_hidden_tests_ten_points(source):
     cells = cells_by_grade_id(source)
     for name in CONTRACT:
         visible = nbgrader_of(cells[f"check_{name}"])
-        assert visible["locked"] and not visible["grade"] and not visible["solution"]
+        assert visible["locked"] and visible["grade"] and not visible["solution"]
+        assert visible["points"] == 0
         hidden = nbgrader_of(cells[f"test_{name}"])
         assert hidden["locked"] and hidden["grade"] and not hidden["solution"]
         assert hidden["points"] == 10
