@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from autograder.grading import GradingError, Interrupted, Summary, grade
+from autograder.sandbox import Limits
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -101,7 +102,26 @@ def parser() -> argparse.ArgumentParser:
     grading.add_argument("--workers", type=positive, help="parallel sandboxes (CPU count)")
     grading.add_argument("--force", action="store_true", help="regrade graded students too")
     grading.add_argument("--isolation", choices=("auto", "bubblewrap", "process"), default="auto")
+    grading.add_argument(
+        "--time-limit",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="wall-clock and CPU seconds per call of a student function (10)",
+    )
+    grading.add_argument(
+        "--memory-limit", type=float, default=4.0, metavar="GIB",
+        help="memory a submission may allocate, in GiB (4)",
+    )  # fmt: skip
     return main
+
+
+def limits_of(args: argparse.Namespace) -> Limits:
+    return Limits(
+        call_wall_seconds=args.time_limit,
+        call_cpu_seconds=args.time_limit,
+        memory_bytes=int(args.memory_limit * 2**30),
+    )
 
 
 def positive(text: str) -> int:
@@ -123,6 +143,7 @@ def run_grade(args: argparse.Namespace) -> int:
             force=args.force,
             json_path=args.json_path,
             isolation=args.isolation,
+            limits=limits_of(args),
             on_start=progress.start,
             on_record=progress.advance,
         )

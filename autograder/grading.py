@@ -588,10 +588,10 @@ def summarise(summary: Summary, records: Sequence[dict], top: int = 5) -> Summar
 # The whole run ------------------------------------------------------------------------------
 
 
-def default_worker_factory(isolation: str) -> Callable:
+def default_worker_factory(isolation: str, limits=None) -> Callable:
     from autograder.sandbox import Limits, Worker
 
-    return lambda: Worker(Limits(), isolation=isolation)
+    return lambda: Worker(limits or Limits(), isolation=isolation)
 
 
 def load_battery(assignment_id: str) -> Battery:
@@ -619,6 +619,7 @@ def grade(
     seed: int | None = None,
     *,
     isolation: str = "auto",
+    limits=None,
     battery: Battery | None = None,
     worker_factory: Callable | None = None,
     course_root: Path | None = None,
@@ -648,7 +649,7 @@ def grade(
     if pending:
         setup = make_setup(battery, seed, course_root)
         size = max(1, min(workers or os.cpu_count() or 1, len(pending)))
-        factory = worker_factory or default_worker_factory(isolation)
+        factory = worker_factory or default_worker_factory(isolation, limits)
         Pool(setup, factory, store, size).run(pending, on_record or (lambda record: None))
     records = final_records(store, entries)
     write_outputs(out_dir, battery, records, json_path)

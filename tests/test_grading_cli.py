@@ -413,7 +413,9 @@ def test_interrupt_keeps_finished_records_and_resumes(small_batch):
 
 def test_command_line_prints_progress_and_summary(small_batch, monkeypatch, capsys):
     monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
-    monkeypatch.setattr(grading, "default_worker_factory", lambda isolation: InProcessWorker)
+    monkeypatch.setattr(
+        grading, "default_worker_factory", lambda isolation, limits=None: InProcessWorker
+    )
     monkeypatch.setattr(grading, "REPOSITORY", small_batch)
     (small_batch / "exercises").symlink_to(small_batch / "course")
     monkeypatch.chdir(small_batch)
@@ -612,3 +614,17 @@ def test_real_battery_in_the_sandbox(tmp_path, isolation):
     assert {level.split()[0] for level in summary.isolation} == {strongest}
     for path in (tmp_path / "out" / "feedback").glob("*.md"):
         assert reference.LEAK_MARKER not in path.read_text()
+
+
+def test_cli_limits_default_to_the_sandbox_defaults_and_can_be_raised():
+    from autograder.cli import limits_of, parser
+    from autograder.sandbox import Limits
+
+    defaults = parser().parse_args(["grade", ASSIGNMENT, "submitted"])
+    assert limits_of(defaults) == Limits()
+    raised = parser().parse_args(
+        ["grade", ASSIGNMENT, "submitted", "--time-limit", "30", "--memory-limit", "1.5"]
+    )
+    limits = limits_of(raised)
+    assert (limits.call_wall_seconds, limits.call_cpu_seconds) == (30.0, 30.0)
+    assert limits.memory_bytes == 3 << 29
