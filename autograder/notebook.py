@@ -8,11 +8,11 @@ cells and cells tagged ``demo``), the source that defines each contract function
 (for the static check of forbidden built-ins), and the problems found, each a
 sentence for the student.
 
-Test cells, hidden (``grade`` true and ``solution`` false) or visible (locked cells
-whose grade_id starts with ``check_``), are recognised by their nbgrader metadata,
-by a grade_id the course knows as a test cell, and by their source matching a test
-cell of the course's notebooks, so that stripping the metadata of a test cell does
-not make it run as student code.
+Test cells, hidden or visible (``grade`` true and ``solution`` false; the visible ones
+are worth 0 points), are recognised by their nbgrader metadata, by a grade_id the
+course knows as a test cell, and by their source matching a test cell of the course's
+notebooks, so that stripping the metadata of a test cell does not make it run as
+student code.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pathlib import Path
 
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
 HIDDEN_TESTS_MARKER = "### BEGIN HIDDEN TESTS"
-VISIBLE_TEST_PREFIX = "check_"  # the course's locked, ungraded checks the student can see
 MAGIC_LINE = re.compile(r"^(\s*)([%!])")
 
 
@@ -209,14 +208,9 @@ def without_magics(source: str) -> str:
 
 
 def _is_test_by_metadata(cell: dict) -> bool:
-    """A hidden test cell (graded, not an answer) or a visible check (locked ``check_...``)."""
+    """A test cell, hidden or visible: graded and not an answer."""
     nbgrader = _nbgrader(cell)
-    if nbgrader.get("solution") is True:
-        return False
-    visible_check = nbgrader.get("locked") is True and (_grade_id(cell) or "").startswith(
-        VISIBLE_TEST_PREFIX
-    )
-    return nbgrader.get("grade") is True or visible_check
+    return nbgrader.get("grade") is True and nbgrader.get("solution") is not True
 
 
 def is_test_cell(cell: dict, known: KnownCells) -> bool:

@@ -168,7 +168,8 @@ def source_notebook() -> dict:
         cells += [
             _answer(function, _source_body(function)),
             _cell("code", f"raise AssertionError('visible check of {function} ran')",
-                  grade=False, grade_id=f"check_{function}", locked=True, solution=False),
+                  grade=True, grade_id=f"check_{function}", locked=True, points=0,
+                  solution=False),
             _hidden_tests(function),
         ]  # fmt: skip
     cells.append({**_cell("code", "print(sinusoidal_positional_encoding(4, 4))"),
