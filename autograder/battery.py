@@ -16,6 +16,7 @@ compares the ``Result``s that come back with the reference's.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib
 from collections.abc import Callable, Mapping, Sequence
@@ -247,3 +248,16 @@ def forbidden_in_source(
         ):
             found.add(wanted[node.value])
     return sorted(found)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """One torch thread while references run and results are judged: the inputs are tiny,
+    and the grader's threads share the cores with the sandboxed children (or the kernel
+    with nothing). The caller's setting comes back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -34,8 +34,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from autograder import gradebook
 from autograder.battery import (
     Battery,
@@ -44,6 +42,7 @@ from autograder.battery import (
     forbidden_in_source,
     judge_plan,
     make_plan,
+    one_torch_thread,
     run_reference,
     scores_by_function,
 )
@@ -631,8 +630,6 @@ def grade(
     Raises ``GradingError`` for a problem with the run and ``Interrupted`` on Ctrl-C.
     """
     submitted_dir, out_dir = Path(submitted_dir), Path(out_dir)
-    # The judging threads share the cores with the sandboxed children: one thread each.
-    torch.set_num_threads(1)
     battery = battery or load_battery(assignment_id)
     entries = find_submissions(submitted_dir, assignment_id)
     course = gradebook.find_course(submitted_dir)
@@ -647,10 +644,11 @@ def grade(
     if on_start:
         on_start(len(pending))
     if pending:
-        setup = make_setup(battery, seed, course_root)
-        size = max(1, min(workers or os.cpu_count() or 1, len(pending)))
-        factory = worker_factory or default_worker_factory(isolation, limits)
-        Pool(setup, factory, store, size).run(pending, on_record or (lambda record: None))
+        with one_torch_thread():
+            setup = make_setup(battery, seed, course_root)
+            size = max(1, min(workers or os.cpu_count() or 1, len(pending)))
+            factory = worker_factory or default_worker_factory(isolation, limits)
+            Pool(setup, factory, store, size).run(pending, on_record or (lambda record: None))
     records = final_records(store, entries)
     write_outputs(out_dir, battery, records, json_path)
     if course is not None:

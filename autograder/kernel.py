@@ -27,8 +27,6 @@ import secrets
 import warnings
 from collections.abc import Mapping
 
-import torch
-
 from autograder.batteries import load_battery
 from autograder.battery import (
     Battery,
@@ -36,6 +34,7 @@ from autograder.battery import (
     forbidden_in_source,
     judge_check,
     make_plan,
+    one_torch_thread,
     run_reference,
 )
 from autograder.executor import execute_call, install_tripwires, remove_tripwires
@@ -94,14 +93,9 @@ def _seed(seed) -> int:
 @contextlib.contextmanager
 def _quiet():
     """No warnings, nothing on stderr, one torch thread (the inputs are tiny)."""
-    threads = torch.get_num_threads()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(_Sink()):
-            warnings.simplefilter("ignore")
-            torch.set_num_threads(1)
-            yield
-    finally:
-        torch.set_num_threads(threads)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(_Sink()), one_torch_thread():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _grade(battery: Battery, function: str, namespace: Mapping, seed: int, own_names):
