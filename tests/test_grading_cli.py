@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from autograder import cli, grading
-from autograder.battery import Battery, Check, Mutant
-from autograder.executor import Call, execute_call
-from autograder.judges import match_reference
-from autograder.notebook import KnownCells, read_submission
+from autograder.engine import cli, grading
+from autograder.engine.notebook import KnownCells, read_submission
+from autograder.kit.battery import Battery, Check, Mutant
+from autograder.kit.judges import match_reference
+from autograder.runtime.executor import Call, execute_call
 from solutions import ch03_self_attention as reference
 
 ASSIGNMENT = "ch03_self_attention"
@@ -591,7 +591,7 @@ def test_nbgrader_course_gets_manual_scores_and_tampering_report(tmp_path, monke
 @pytest.mark.slow
 @pytest.mark.parametrize("isolation", ["auto", "process"])
 def test_real_battery_in_the_sandbox(tmp_path, isolation):
-    from autograder.sandbox_launch import bwrap_works
+    from autograder.sandbox.launch import bwrap_works
 
     release = grading.REPOSITORY / "exercises" / "release" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     blank = json.loads(release.read_text())
@@ -618,7 +618,7 @@ def test_real_battery_in_the_sandbox(tmp_path, isolation):
 
 
 def test_cli_limits_default_to_the_sandbox_defaults_and_can_be_raised():
-    from autograder.cli import limits_of, parser
+    from autograder.engine.cli import limits_of, parser
     from autograder.sandbox import Limits
 
     defaults = parser().parse_args(["grade", ASSIGNMENT, "submitted"])

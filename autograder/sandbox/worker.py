@@ -11,8 +11,8 @@ then the calls of each check. The process tree, under bubblewrap::
                         └─ whatever student code starts (killed after each child)
 
 The grader sends the child one job (JSON + safetensors); the child answers with framed
-messages, one per call (``sandbox_child`` lists them), which the grader decodes without
-unpickling (``sandbox_codec``). A child that dies, hangs or sends garbage costs the
+messages, one per call (``autograder.runtime.child`` lists them), which the grader decodes without
+unpickling (``autograder.runtime.codec``). A child that dies, hangs or sends garbage costs the
 check (or the top-level cell) it was running: the grader records why, and a new child
 re-executes the cells and goes on with the remaining checks.
 
@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .executor import ACCELERATOR, Call, Result
-from .sandbox_child import EXIT_CHANNEL_LOST
-from .sandbox_codec import Malformed, TensorPacker, decode_result, encode_call, frame
-from .sandbox_launch import bwrap_works
-from .sandbox_link import ChildLink, Ended, ServerGone, ServerLink, TimedOut
-from .sandbox_server import EXIT_CONFINE_FAILED
+from autograder.runtime.child import EXIT_CHANNEL_LOST
+from autograder.runtime.codec import Malformed, TensorPacker, decode_result, encode_call, frame
+from autograder.runtime.executor import ACCELERATOR, Call, Result
+from autograder.runtime.server import EXIT_CONFINE_FAILED
+
+from .launch import bwrap_works
+from .link import ChildLink, Ended, ServerGone, ServerLink, TimedOut
 
 ISOLATION_LEVELS = """\
 Isolation levels
@@ -94,7 +95,7 @@ class Limits:
     load_wall_seconds: float = 30.0  # executing the notebook's cells
     memory_bytes: int = 4 << 30  # extra address space above the fork server's own
     processes: int = 64
-    output_bytes: int = 1 << 20  # stdout+stderr kept (the rest is discarded, never parsed)
+    output_bytes: int = 1 << 20  # stdout+stderr a child may write (never read, never parsed)
     disk_bytes: int = 256 << 20  # size of the private /tmp under bubblewrap
 
 
@@ -103,7 +104,6 @@ class RunReport:
     results: dict[str, list[Result] | None]  # per check name; None if it never answered
     failures: dict[str, str]  # check name -> reason, in the student's terms
     cell_errors: list[tuple[int, str]]  # (cell number, from 1; "Type: message" or reason)
-    output: str  # truncated stdout+stderr of the student's code
     isolation: str  # BUBBLEWRAP or PROCESS
     notes: list[str] = field(default_factory=list)  # limits that could not be applied
 
@@ -129,7 +129,6 @@ class Worker:
             results=dict.fromkeys(plan),
             failures={},
             cell_errors=[],
-            output="",
             isolation=self.isolation,
         )
         _Run(
@@ -220,8 +219,6 @@ class _Run:
         self.pending = list(plan)
         self.skipped: dict[int, str] = {}  # cell number -> why it was skipped
         self.load_errors: list[tuple[int, str]] = []
-        self.output = bytearray()
-        self.truncated = False
         self.stage: tuple[str, object] | None = None
 
     def execute(self) -> None:
@@ -237,9 +234,6 @@ class _Run:
         for name in self.pending:
             self.report.failures[name] = "your code failed too many times to be graded"
         self.report.cell_errors = sorted([*self.skipped.items(), *self.load_errors])
-        self.report.output = self.output.decode(errors="replace")
-        if self.truncated:
-            self.report.output += "\n[output truncated]"
 
     def _uses_cuda(self) -> bool:
         devices = {call.device for calls in self.plan.values() for call in calls}
@@ -385,16 +379,12 @@ class _Run:
         return _Problem(exit_reason(child.wait_exit(), self.limits))
 
     def _collect(self, child: ChildLink) -> None:
-        """Make sure the child is gone, keep its output, release its resources."""
+        """Make sure the child is gone and release its resources (its output is discarded)."""
         if child.server is self.worker._server:  # else it went down with its server
             try:
                 child.end(grace=0.5 if self.finished else 0)
             except ServerGone:
                 self.worker.restart_server()
-        room = self.limits.output_bytes - len(self.output)
-        data, more = child.read_output(max(room, 0))
-        self.output += data
-        self.truncated |= more
         child.close()
 
 

@@ -38,8 +38,8 @@ import traceback
 import safetensors.torch  # noqa: F401  (imported once here, for every child)
 import torch
 
-from .sandbox_child import serve
-from .sandbox_confine import confine
+from .child import serve
+from .confine import confine
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36

@@ -34,8 +34,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder import gradebook
-from autograder.battery import (
+from autograder.engine import gradebook
+from autograder.engine.notebook import KnownCells, Submission, read_submission
+from autograder.kit.battery import (
     Battery,
     Outcome,
     Plan,
@@ -46,9 +47,8 @@ from autograder.battery import (
     run_reference,
     scores_by_function,
 )
-from autograder.notebook import KnownCells, Submission, read_submission
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 SEED_VARIABLE = "AUTOGRADER_SEED"
 MESSAGE_LIMIT = 500
 ABORT_WAIT_SECONDS = 3.0  # for the threads to notice an interruption

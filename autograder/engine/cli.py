@@ -1,6 +1,6 @@
 """The command line: ``python -m autograder grade <assignment_id> <submitted_dir> [options]``.
 
-Grades every submission (see ``autograder.grading``), shows a progress bar on stderr
+Grades every submission (see ``autograder.engine.grading``), shows a progress bar on stderr
 while it works, then a summary. Exit status: 0 when the run completed (whatever the
 students scored), 2 for a usage error or an unknown assignment, 130 when interrupted.
 """
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from autograder.grading import GradingError, Interrupted, Summary, grade
+from autograder.engine.grading import GradingError, Interrupted, Summary, grade
 from autograder.sandbox import Limits
 
 EXIT_USAGE = 2

@@ -1,8 +1,8 @@
 """Start the fork server: a private copy of its code, a clean environment, bubblewrap.
 
-The server's code (``executor`` and the ``sandbox_*`` modules it needs, all free of
-secrets) is copied into a fresh directory as a package named ``sandbox_runtime``, so
-the server never imports anything from the course tree. Under bubblewrap that copy is
+The server's code (the package ``autograder.runtime``, free of secrets) is copied into a
+fresh directory as a package named ``sandbox_runtime``, so the server never imports
+anything from the course tree. Under bubblewrap that copy is
 the only thing of ours it can see, read-only at ``/opt/grading``; the system and the
 Python installation are read-only, /tmp is a small private tmpfs, and there is no
 network.
@@ -19,13 +19,6 @@ import tempfile
 from pathlib import Path
 
 PACKAGE = "sandbox_runtime"
-RUNTIME_MODULES = (
-    "executor",
-    "sandbox_codec",
-    "sandbox_child",
-    "sandbox_confine",
-    "sandbox_server",
-)
 SANDBOX_CODE_DIR = "/opt/grading"
 # Capabilities the server keeps under bubblewrap when started as root: switch users,
 # give each child its working directory, kill and clean up after it.
@@ -45,10 +38,9 @@ def stage_runtime() -> Path:
     root = Path(tempfile.mkdtemp(prefix="grading-runtime-"))
     package = root / PACKAGE
     package.mkdir()
-    (package / "__init__.py").write_text('"""Code of the grading fork server."""\n')
-    here = Path(__file__).resolve().parent
-    for name in RUNTIME_MODULES:
-        shutil.copyfile(here / f"{name}.py", package / f"{name}.py")
+    runtime = Path(__file__).resolve().parents[1] / "runtime"
+    for source in runtime.glob("*.py"):
+        shutil.copyfile(source, package / source.name)
     for path in (root, package, *package.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return root
@@ -56,8 +48,7 @@ def stage_runtime() -> Path:
 
 def python_command(code_dir: str, control_fd: int) -> list[str]:
     bootstrap = (
-        f"import sys; sys.path.insert(0, {code_dir!r}); "
-        f"from {PACKAGE}.sandbox_server import main; main()"
+        f"import sys; sys.path.insert(0, {code_dir!r}); from {PACKAGE}.server import main; main()"
     )
     return [sys.executable, "-I", "-c", bootstrap, str(control_fd)]
 
