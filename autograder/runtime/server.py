@@ -39,6 +39,7 @@ import safetensors.torch  # noqa: F401  (imported once here, for every child)
 import torch
 
 from .child import serve
+from .codec import FrameReader, frame
 from .confine import confine
 
 PR_SET_DUMPABLE = 4
@@ -83,6 +84,7 @@ def main() -> None:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     _warm_up_meta()
+    _warm_up_codec()
     Server(control).loop()
 
 
@@ -96,6 +98,20 @@ def _warm_up_meta() -> None:
         q = torch.empty(2, 3, 4, device="meta", requires_grad=True)
         weights = torch.softmax(q @ q.transpose(-2, -1), dim=-1)
         (weights @ q).sum().backward()
+
+
+def _warm_up_codec() -> None:
+    """Send and read back a frame with a tensor of every dtype a result can hold.
+
+    safetensors imports parts of numpy (``numpy.ctypeslib``) on first use; a child running
+    as an unprivileged user may be unable to read them from a private installation. Filling
+    two-element tensors starts no thread pool.
+    """
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.bool)
+    tensors = {str(dtype): torch.zeros(2, dtype=dtype) for dtype in dtypes}
+    reader = FrameReader()
+    reader.feed(frame({"type": "warm-up"}, tensors))
+    reader.next()
 
 
 def _harden() -> None:
