@@ -8,6 +8,7 @@ exercised; the same Worker then grades the next submission.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -340,3 +341,31 @@ def test_garbage_frames_are_malformed(data):
 def test_bad_results_are_malformed(meta):
     with pytest.raises(Malformed):
         decode_result(meta, {})
+
+
+def test_a_hang_costs_one_time_limit_per_function(worker):
+    hanging = "def stuck(x):\n    while True:\n        pass\n"
+    plan = {
+        "honest_before": [Call("double", (X,))],
+        **{f"stuck_{n}": [Call("stuck", (X,))] for n in range(4)},
+        "honest_after": [Call("double", (X,), grad=True)],
+    }
+    spawned = []
+    spawn = worker.spawn
+    worker.spawn = lambda spec: spawned.append(spec) or spawn(spec)
+    try:
+        report = worker.run([HONEST, hanging], plan)
+    finally:
+        del worker.spawn
+    assert_honest(report)
+    reasons = {report.failures[f"stuck_{n}"] for n in range(4)}
+    assert reasons == {"your code ran for more than 2 s"}
+    assert len(spawned) == 2  # one child hung once and was replaced: one time limit, not four
+
+
+def test_a_child_that_cannot_be_confined_is_the_graders_failure():
+    from autograder.sandbox.worker import HarnessFailure
+
+    broken = dataclasses.replace(LIMITS, processes="not a number")  # setrlimit raises
+    with Worker(broken, isolation="auto") as worker, pytest.raises(HarnessFailure):
+        worker.run([HONEST], {"honest_before": [Call("double", (X,))]})

@@ -44,7 +44,8 @@ from .confine import confine
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
-EXIT_CONFINE_FAILED = 70
+EXIT_CONFINE_FAILED = 70  # the child could not be confined: no student code ran
+EXIT_HARNESS_BROKEN = 72  # the child's grading loop failed after the student's code ran
 # Modules a submission may import: imported here, because a child running as an
 # unprivileged user may be unable to read the Python installation's files.
 PREIMPORTED = [
@@ -186,12 +187,14 @@ class Server:
         try:
             self.control.detach()  # the number may be reused by the data channel
             confine(spec, data_fd, output_fd)
+        except BaseException:  # before any student code: the harness's own failure
+            _print_traceback()
+            os._exit(EXIT_CONFINE_FAILED)
+        try:
             serve()
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                traceback.print_exc()
-                sys.stderr.flush()
-        os._exit(EXIT_CONFINE_FAILED)
+        except BaseException:  # after student code ran, which may have broken the harness
+            _print_traceback()
+        os._exit(EXIT_HARNESS_BROKEN)
 
     def kill_current(self) -> None:
         """Kill the current child; ``finish`` sweeps up what it left once it is reaped."""
@@ -235,6 +238,12 @@ class Server:
         if ended["uid"] is not None:
             kill_user(ended["uid"])
         kill_descendants()
+
+
+def _print_traceback() -> None:
+    with contextlib.suppress(BaseException):
+        traceback.print_exc()
+        sys.stderr.flush()
 
 
 def kill_user(uid: int) -> None:

@@ -35,7 +35,7 @@ import torch
 from autograder.runtime.child import EXIT_CHANNEL_LOST
 from autograder.runtime.codec import Malformed, TensorPacker, decode_result, encode_call, frame
 from autograder.runtime.executor import ACCELERATOR, Call, Result
-from autograder.runtime.server import EXIT_CONFINE_FAILED
+from autograder.runtime.server import EXIT_CONFINE_FAILED, EXIT_HARNESS_BROKEN
 
 from .launch import bwrap_works
 from .link import ChildLink, Ended, ServerGone, ServerLink, TimedOut
@@ -76,6 +76,9 @@ PROCESS = "process (weaker: no bubblewrap)"
 UID_BASE = 1_500_000_000  # children's users: far above any real account
 _uid_counter = itertools.count()
 _warned = False
+
+# The beginnings of the reasons that say a call reached its time limit.
+TIME_LIMIT_REASONS = ("your code ran for more than", "your code used more than")
 
 SIGNAL_REASONS = {
     signal.SIGSEGV: "the process crashed (segmentation fault)",
@@ -194,6 +197,10 @@ def _choose_isolation(isolation: str) -> bool:
     return False
 
 
+class HarnessFailure(RuntimeError):
+    """The sandbox failed before any student code ran: the grader's failure, not the student's."""
+
+
 class _Problem(Exception):
     """The child stopped answering as expected; ``reason`` is in the student's terms."""
 
@@ -217,6 +224,7 @@ class _Run:
         self.tripwires = tripwires
         self.report = report
         self.pending = list(plan)
+        self.function_of = {name: calls[0].function for name, calls in plan.items() if calls}
         self.skipped: dict[int, str] = {}  # cell number -> why it was skipped
         self.load_errors: list[tuple[int, str]] = []
         self.stage: tuple[str, object] | None = None
@@ -305,13 +313,23 @@ class _Run:
             self.skipped[what] = reason
             return True
         if kind == "check":
-            self.report.failures[what] = reason
-            self.pending.remove(what)
+            for name in self._charged_with(what, reason):
+                self.report.failures[name] = reason
+                self.pending.remove(name)
             return bool(self.pending)
         for name in self.pending:
             self.report.failures[name] = reason
         self.pending = []
         return False
+
+    def _charged_with(self, check: str, reason: str) -> list[str]:
+        """The checks that ``reason`` costs: a time limit reached in one check of a function
+        costs every check of that function still pending, without running them (a hang
+        costs one time limit per function, not one per check)."""
+        if not reason.startswith(TIME_LIMIT_REASONS):
+            return [check]
+        function = self.function_of[check]
+        return [name for name in self.pending if self.function_of[name] == function]
 
     def _load(self, child: ChildLink) -> None:
         if not child.send(self._payload(), self.limits.load_wall_seconds):
@@ -376,7 +394,10 @@ class _Run:
             child.kill()
             child.wait_exit()
             return _Problem("your code wrote unexpected data into the grader's channel")
-        return _Problem(exit_reason(child.wait_exit(), self.limits))
+        exit = child.wait_exit()
+        if exit.get("code") == EXIT_CONFINE_FAILED:
+            raise HarnessFailure("the sandbox could not confine a child process")
+        return _Problem(exit_reason(exit, self.limits))
 
     def _collect(self, child: ChildLink) -> None:
         """Make sure the child is gone and release its resources (its output is discarded)."""
@@ -416,6 +437,9 @@ def exit_reason(exit: dict, limits: Limits) -> str:
     code = exit.get("code")
     if code == EXIT_CHANNEL_LOST:
         return "your code closed or broke the process's connection to the grader"
-    if code == EXIT_CONFINE_FAILED:
-        return "the grading harness failed in your process (did your code change its modules?)"
+    if code == EXIT_HARNESS_BROKEN:
+        return (
+            "the grading code in your process stopped with an error after your code ran"
+            " (code that changes torch, sys or os can cause this)"
+        )
     return "your code ended the process (os._exit)"
