@@ -414,9 +414,7 @@ def test_interrupt_keeps_finished_records_and_resumes(small_batch):
 
 def test_command_line_prints_progress_and_summary(small_batch, monkeypatch, capsys):
     monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
-    monkeypatch.setattr(
-        grading, "default_worker_factory", lambda isolation, limits=None: InProcessWorker
-    )
+    monkeypatch.setattr(grading, "default_worker_factory", lambda *options: InProcessWorker)
     monkeypatch.setattr(grading, "REPOSITORY", small_batch)
     (small_batch / "exercises").symlink_to(small_batch / "course")
     monkeypatch.chdir(small_batch)
@@ -646,9 +644,7 @@ class SlowWorker(InProcessWorker):
 
 def test_self_check_stops_the_run_before_any_student_is_graded(small_batch, monkeypatch, capsys):
     monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
-    monkeypatch.setattr(
-        grading, "default_worker_factory", lambda isolation, limits=None: SlowWorker
-    )
+    monkeypatch.setattr(grading, "default_worker_factory", lambda *options: SlowWorker)
     monkeypatch.setattr(grading, "REPOSITORY", small_batch)
     (small_batch / "exercises").symlink_to(small_batch / "course")
     monkeypatch.chdir(small_batch)
@@ -687,9 +683,7 @@ def test_a_grader_failure_gives_no_score_and_a_non_zero_exit(small_batch, monkey
     broken["cells"].append(_cell("code", "def unused():\n    return 7\n"))
     notebook.write_text(json.dumps(broken))
     monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
-    monkeypatch.setattr(
-        grading, "default_worker_factory", lambda isolation, limits=None: FailingWorker
-    )
+    monkeypatch.setattr(grading, "default_worker_factory", lambda *options: FailingWorker)
     monkeypatch.setattr(grading, "REPOSITORY", small_batch)
     (small_batch / "exercises").symlink_to(small_batch / "course")
     monkeypatch.chdir(small_batch)
@@ -703,3 +697,18 @@ def test_a_grader_failure_gives_no_score_and_a_non_zero_exit(small_batch, monkey
     assert "not your mistake" in next(r["feedback"] for r in records if r["student"] == "blank")
     rows = (small_batch / "grading" / ASSIGNMENT / "grades.csv").read_text().splitlines()
     assert next(row for row in rows if row.startswith("blank,")) == "blank,,,,,30"
+
+
+def test_a_record_the_grader_did_not_write_is_detected_and_regraded(small_batch):
+    _grade(small_batch)
+    forged_path = small_batch / "out" / "records" / "blank.json"
+    forged = json.loads(forged_path.read_text())
+    forged["score"] = forged["max_score"]  # a blank notebook made to look perfect
+    for entry in forged["functions"].values():
+        entry["score"] = entry["max_score"]
+    forged_path.write_text(json.dumps(forged))  # same digest: a plain re-run would keep it
+    again = _grade(small_batch)
+    assert again.forged == ["blank"] and again.graded_now == 1
+    rows = (small_batch / "out" / "grades.csv").read_text().splitlines()
+    assert next(row for row in rows if row.startswith("blank,")) == "blank,0,0,0,0,30"
+    assert _grade(small_batch).forged == []

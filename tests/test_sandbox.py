@@ -278,12 +278,57 @@ def test_process_level_isolation_and_server_restart():
         assert report.failures == {}
 
 
-def test_bubblewrap_is_required_when_asked(monkeypatch):
+BLOCKED = "bubblewrap is installed but cannot create a sandbox on this host (test)"
+
+
+@pytest.fixture
+def no_bubblewrap(monkeypatch):
+    """A host where bubblewrap cannot start; the warning is shown again."""
     import autograder.sandbox.worker as sandbox
 
-    monkeypatch.setattr(sandbox, "bwrap_works", lambda: False)
-    with pytest.raises(RuntimeError, match="bubblewrap"):
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: BLOCKED)
+    monkeypatch.setattr(sandbox, "_warned", False)
+    return sandbox
+
+
+def test_bubblewrap_is_required_when_asked(no_bubblewrap):
+    with pytest.raises(no_bubblewrap.IsolationUnavailable, match="cannot create a sandbox"):
         Worker(LIMITS, isolation="bubblewrap")
+
+
+@pytest.mark.parametrize("isolation", ["auto", "process"])
+def test_without_root_the_process_level_needs_explicit_consent(
+    no_bubblewrap, monkeypatch, capsys, isolation
+):
+    monkeypatch.setattr(no_bubblewrap.os, "geteuid", lambda: 1000)
+    with pytest.raises(no_bubblewrap.IsolationUnavailable) as refused:
+        no_bubblewrap._choose_isolation(isolation)
+    assert "--accept-weak-isolation" in str(refused.value)
+    assert "kill the grader" in str(refused.value)
+    if isolation == "auto":  # it says why bubblewrap cannot start, and how to enable it
+        assert BLOCKED in str(refused.value)
+    assert no_bubblewrap._choose_isolation(isolation, accept_weak=True) is False
+    warning = capsys.readouterr().err
+    assert "WARNING" in warning and "kill the grader" in warning
+
+
+def test_as_root_auto_falls_back_loudly_never_silently(no_bubblewrap, monkeypatch, capsys):
+    monkeypatch.setattr(no_bubblewrap.os, "geteuid", lambda: 0)
+    assert no_bubblewrap._choose_isolation("auto") is False
+    warning = capsys.readouterr().err
+    assert "WARNING" in warning and BLOCKED in warning
+
+
+def test_bubblewrap_problems_say_how_to_enable_it(monkeypatch):
+    from autograder.sandbox import launch
+
+    monkeypatch.setattr(launch, "bwrap_path", lambda: None)
+    launch.bwrap_problem.cache_clear()
+    try:
+        assert "apt-get install bubblewrap" in launch.bwrap_problem()
+    finally:
+        launch.bwrap_problem.cache_clear()
+    assert "sysctl" in launch.BWRAP_BLOCKED
 
 
 # The codec, on its own

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import hmac
 import json
 import os
 import queue
@@ -111,6 +112,15 @@ def resolve_seed(out_dir: Path, assignment_id: str, seed: int | None) -> int:
     if same_assignment and isinstance(previous.get("seed"), int):
         return previous["seed"]
     return secrets.randbits(63)
+
+
+def record_key(out_dir: Path) -> str:
+    """The key that signs this output folder's records: kept in run.json, made once."""
+    previous = read_json(out_dir / "run.json")
+    key = previous.get("record_key") if isinstance(previous, dict) else None
+    if isinstance(key, str) and len(key) == 64:
+        return key
+    return secrets.token_hex(32)
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -385,20 +395,38 @@ def self_check_message(record: dict) -> str:
 
 
 class RecordStore:
-    """One JSON record per student under ``<out>/records``."""
+    """One JSON record per student under ``<out>/records``, signed with the run's key.
 
-    def __init__(self, out_dir: Path):
+    A record whose signature does not match was not written by this grader (a submission
+    or a person changed it): ``load`` ignores it, so the student is graded again, and
+    ``forged`` names them for the summary.
+    """
+
+    def __init__(self, out_dir: Path, key: str):
         self.folder = out_dir / "records"
+        self.key = key.encode()
+        self.forged: set[str] = set()
 
     def path(self, student: str) -> Path:
         return self.folder / f"{student}.json"
 
+    def signature(self, record: dict) -> str:
+        unsigned = {name: value for name, value in record.items() if name != "signature"}
+        text = json.dumps(unsigned, sort_keys=True).encode()
+        return hmac.new(self.key, text, hashlib.sha256).hexdigest()
+
     def load(self, student: str) -> dict | None:
         record = read_json(self.path(student))
-        return record if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            return None
+        if not hmac.compare_digest(str(record.get("signature")), self.signature(record)):
+            self.forged.add(student)
+            return None
+        return record
 
     def write(self, record: dict) -> None:
-        write_atomically(self.path(record["student"]), json.dumps(record, indent=1))
+        signed = {**record, "signature": self.signature(record)}
+        write_atomically(self.path(record["student"]), json.dumps(signed, indent=1))
 
 
 def is_done(record: dict | None, assignment_id: str, entry: Entry) -> bool:
@@ -525,8 +553,17 @@ def _close(worker) -> None:
 # Outputs, rebuilt from the records ----------------------------------------------------------
 
 
-def final_records(store: RecordStore, entries: Sequence[Entry]) -> list[dict]:
-    return [record for entry in entries if (record := store.load(entry.student))]
+def final_records(store: RecordStore, entries: Sequence[Entry], battery: Battery) -> list[dict]:
+    """Every student's record; one changed after it was written counts as a grader error."""
+    records = []
+    for entry in entries:
+        record = store.load(entry.student)
+        if record is None and store.path(entry.student).exists():
+            reason = "grader error: the record was changed after grading (run again to regrade)"
+            record = not_graded(new_record(battery, entry), "error", reason)
+        if record is not None:
+            records.append(record)
+    return records
 
 
 def grader_failed(record: dict) -> bool:
@@ -653,6 +690,7 @@ class Summary:
     not_graded: dict[str, str] = field(default_factory=dict)
     grader_errors: list[str] = field(default_factory=list)  # students not graded: our failure
     self_checked: bool = False  # the reference got full marks through the students' path
+    forged: list[str] = field(default_factory=list)  # records this grader did not write
     tampering: list[gradebook.Suspect] = field(default_factory=list)
     gradebook_note: str = ""
     isolation: dict[str, int] = field(default_factory=dict)
@@ -685,7 +723,10 @@ def summarise(summary: Summary, records: Sequence[dict], top: int = 5) -> Summar
 
 def checked_worker(setup: Setup, factory: Callable, course_root: Path) -> Callable:
     """A worker factory whose first worker has passed the self-check (it is reused)."""
-    first = factory()
+    try:
+        first = factory()
+    except RuntimeError as error:  # no sandbox of the kind asked for can start here
+        raise GradingError(str(error)) from error
     try:
         self_check(setup, first, course_root)
     except BaseException:
@@ -695,10 +736,10 @@ def checked_worker(setup: Setup, factory: Callable, course_root: Path) -> Callab
     return lambda: ready.pop() if ready else factory()
 
 
-def default_worker_factory(isolation: str, limits=None) -> Callable:
+def default_worker_factory(isolation: str, limits=None, accept_weak: bool = False) -> Callable:
     from autograder.sandbox import Limits, Worker
 
-    return lambda: Worker(limits or Limits(), isolation=isolation)
+    return lambda: Worker(limits or Limits(), isolation=isolation, accept_weak=accept_weak)
 
 
 def load_battery(assignment_id: str) -> Battery:
@@ -726,6 +767,7 @@ def grade(
     seed: int | None = None,
     *,
     isolation: str = "auto",
+    accept_weak: bool = False,
     limits=None,
     battery: Battery | None = None,
     worker_factory: Callable | None = None,
@@ -744,8 +786,10 @@ def grade(
     course_root = course or course_root or REPOSITORY / "exercises"
     prepare_out_dir(out_dir)
     seed = resolve_seed(out_dir, assignment_id, seed)
-    write_atomically(out_dir / "run.json", json.dumps({"assignment": assignment_id, "seed": seed}))
-    store = RecordStore(out_dir)
+    key = record_key(out_dir)
+    run = {"assignment": assignment_id, "seed": seed, "record_key": key}
+    write_atomically(out_dir / "run.json", json.dumps(run))
+    store = RecordStore(out_dir, key)
     pending = [e for e in entries if force or not is_done(store.load(e.student), assignment_id, e)]
     summary = Summary(assignment_id, out_dir, graded_now=len(pending))
     summary.skipped = len(entries) - len(pending)
@@ -755,11 +799,12 @@ def grade(
         with one_torch_thread():
             setup = make_setup(battery, seed, course_root)
             size = max(1, min(workers or os.cpu_count() or 1, len(pending)))
-            factory = worker_factory or default_worker_factory(isolation, limits)
+            factory = worker_factory or default_worker_factory(isolation, limits, accept_weak)
             checked = checked_worker(setup, factory, course_root)
             summary.self_checked = True
             Pool(setup, checked, store, size).run(pending, on_record or (lambda record: None))
-    records = final_records(store, entries)
+    records = final_records(store, entries, battery)
+    summary.forged = sorted(store.forged)
     write_outputs(out_dir, battery, records, json_path)
     if course is not None:
         summary.tampering, summary.gradebook_note = gradebook.record_scores(

@@ -119,20 +119,45 @@ def _gpu_binds() -> list[str]:
     return [arg for device in devices for arg in ("--dev-bind", device, device)]
 
 
+BWRAP_MISSING = (
+    "bubblewrap is not installed. Ask an administrator to install it: `apt-get install"
+    " bubblewrap` (Debian, Ubuntu), `dnf install bubblewrap` (Fedora)."
+)
+BWRAP_BLOCKED = (
+    "bubblewrap is installed but cannot create a sandbox on this host ({error}). This host"
+    " probably forbids unprivileged user namespaces; an administrator can allow them with"
+    " `sysctl -w kernel.unprivileged_userns_clone=1` (Debian),"
+    " `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (Ubuntu 23.10 and later) or"
+    " `sysctl -w user.max_user_namespaces=15000` (others); in a container, start it with user"
+    " namespaces allowed."
+)
+
+
 @functools.cache
-def bwrap_works() -> bool:
-    """Whether bubblewrap can start the sandbox on this machine (cached per process)."""
+def bwrap_problem() -> str | None:
+    """Why bubblewrap cannot start the sandbox here, with how to enable it; None if it can.
+
+    Cached per process: the probe starts a sandbox.
+    """
     if bwrap_path() is None:
-        return False
+        return BWRAP_MISSING
     code_dir = stage_runtime()
     try:
         probe = [*bwrap_command(code_dir, 1 << 20), sys.executable, "-I", "-S", "-c", "pass"]
         done = subprocess.run(probe, capture_output=True, timeout=30, env=SERVER_ENV)
-        return done.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+    except (OSError, subprocess.SubprocessError) as error:
+        return BWRAP_BLOCKED.format(error=f"{type(error).__name__}: {error}")
     finally:
         shutil.rmtree(code_dir, ignore_errors=True)
+    if done.returncode == 0:
+        return None
+    said = done.stderr.decode(errors="replace").strip().splitlines()
+    return BWRAP_BLOCKED.format(error=said[-1] if said else f"exit status {done.returncode}")
+
+
+def bwrap_works() -> bool:
+    """Whether bubblewrap can start the sandbox on this machine."""
+    return bwrap_problem() is None
 
 
 def start_server(code_dir: Path, control_fd: int, bubblewrap: bool, disk_bytes: int, log):

@@ -37,7 +37,7 @@ from autograder.runtime.codec import Malformed, TensorPacker, decode_result, enc
 from autograder.runtime.executor import ACCELERATOR, Call, Result
 from autograder.runtime.server import EXIT_CONFINE_FAILED, EXIT_HARNESS_BROKEN
 
-from .launch import bwrap_works
+from .launch import bwrap_problem
 from .link import ChildLink, Ended, ServerGone, ServerLink, TimedOut
 
 ISOLATION_LEVELS = """\
@@ -53,16 +53,21 @@ signal or trace the fork server, and every process of that user is killed after 
 child. Rootless, bubblewrap maps a single user: a child can then kill the fork server
 (the Worker restarts it), but nothing outside the sandbox.
 
-process (weaker: no bubblewrap): the child is a separate process with the same limits
-(CPU and wall-clock time per call, address space, processes, output size, an empty
-working directory, a scrubbed environment, no course directory on sys.path) and, as
-root, an unprivileged user of its own. It is not hidden from the file system: it can
-read every file its user may read (a world-readable course checkout included), and it
-can use the network. As its own user it may be unable to read a Python installed in a
-private home directory: it can import only what the fork server imported beforehand
-(torch and the common standard modules). Rootless, it runs as the grader's own user
-and could signal the grader's other processes; children orphaned by a fork server that
-died are not cleaned up. Use it for development, not for grading that counts.
+process (weaker: no bubblewrap; as root only, unless accepted explicitly): the child is a
+separate process with the same limits (CPU and wall-clock time per call, address space,
+processes, output size, an empty working directory, a scrubbed environment, no course
+directory on sys.path) and an unprivileged user of its own. It is not hidden from the
+file system: it can read every file that any user may read (a world-readable course
+checkout included), and it can use the network. It cannot read the grader's output
+folder (mode 0700) nor signal the grader. As its own user it may be unable to read a
+Python installed in a private folder: it can import only what the fork server imported
+beforehand (torch and the common standard modules).
+
+process without root (refused unless --accept-weak-isolation): the child runs as the
+grader's own user. It can read and change every file that user can (solutions, the
+gradebook, other students' notebooks and records, though a record it forges is detected
+and regraded on the next run unless it also read the run's key), and signal or kill the
+grader. Only for code you trust.
 
 Both levels: a submission can only spoil its own results; what it sends back is data,
 checked and judged in the grading process. The address space is capped unless CUDA is
@@ -114,9 +119,11 @@ class RunReport:
 class Worker:
     """A fork server, and the runs of submissions through it (one at a time)."""
 
-    def __init__(self, limits: Limits | None = None, isolation: str = "auto"):
+    def __init__(
+        self, limits: Limits | None = None, isolation: str = "auto", accept_weak: bool = False
+    ):
         self.limits = limits or Limits()
-        self.bubblewrap = _choose_isolation(isolation)
+        self.bubblewrap = _choose_isolation(isolation, accept_weak)
         self.isolation = BUBBLEWRAP if self.bubblewrap else PROCESS
         self.uid = UID_BASE + (os.getpid() % (1 << 22)) * 64 + next(_uid_counter) % 64
         self._spawn_ids = itertools.count(1)
@@ -176,22 +183,46 @@ class Worker:
         return self._server is not None and self._server.can_switch_user
 
 
-def _choose_isolation(isolation: str) -> bool:
-    """True for bubblewrap; warns once when "auto" has to fall back."""
+WEAK_WITHOUT_ROOT = (
+    "Without root, the process level runs student code as your own user: it can read and"
+    " change every file you can (solutions, the gradebook, other students' notebooks and"
+    " grades) and signal or kill the grader. It protects nothing against a hostile"
+    " submission; use it only for code you trust."
+)
+
+
+class IsolationUnavailable(RuntimeError):
+    """The isolation asked for cannot run here; the message says why and what to do."""
+
+
+def _choose_isolation(isolation: str, accept_weak: bool = False) -> bool:
+    """True for bubblewrap, False for the process level; raises where neither may run.
+
+    The process level runs only as root (each child then gets a user of its own), or when
+    the caller accepts its weakness explicitly. Falling back to it is never silent.
+    """
     global _warned
     if isolation not in ("auto", "bubblewrap", "process"):
         raise ValueError(f"unknown isolation {isolation!r}")
-    if isolation == "process":
-        return False
-    if bwrap_works():
+    problem = None if isolation == "process" else bwrap_problem()
+    if isolation != "process" and problem is None:
         return True
     if isolation == "bubblewrap":
-        raise RuntimeError("bubblewrap was asked for, but it cannot start a sandbox here")
+        raise IsolationUnavailable(f"--isolation bubblewrap was asked for, but {problem}")
+    root = os.geteuid() == 0
+    if not root and not accept_weak:
+        why = f"{problem} " if problem else ""
+        raise IsolationUnavailable(
+            f"{why}The process level is refused without root. {WEAK_WITHOUT_ROOT}"
+            " To use it anyway, pass --accept-weak-isolation."
+        )
     if not _warned:
         _warned = True
+        weakness = "" if root else f" {WEAK_WITHOUT_ROOT}"
+        why = f" {problem}" if problem else ""
         print(
-            "WARNING: bubblewrap is not available: student code runs with process-level "
-            "isolation only (it can read the files its user can read and use the network).",
+            "WARNING: student code runs with process-level isolation only (it can read the"
+            f" files its user can read and use the network).{why}{weakness}",
             file=sys.stderr,
         )
     return False
