@@ -6,9 +6,11 @@ and the previous/next links all show it), its exercise box "Exercise NN: ...".
 """
 
 import re
+import subprocess
 
 import pytest
-from book_build import ROOT, toc_pages
+import yaml
+from book_build import ROOT, config, toc_pages
 from pybtex.database import parse_file
 
 PAGES = toc_pages()
@@ -101,3 +103,35 @@ def test_every_figure_has_a_describing_alt_text(page):
         assert alt, f"a figure of {page} has no :alt:"
         words = re.findall(r"[A-Za-z]{2,}", alt.group(1))
         assert len(words) >= MIN_ALT_WORDS, f"alt text too short: {alt.group(1)!r}"
+
+
+def test_the_repository_url_is_named_in_config_only():
+    url = config()["repository"]["url"]
+    assert url.startswith("https://github.com/")
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    naming = [
+        name
+        for name in tracked
+        if (ROOT / name).is_file() and url in (ROOT / name).read_text(errors="replace")
+    ]
+    assert naming == ["_config.yml"]
+
+
+def test_launch_buttons_and_pages_workflow_are_configured():
+    settings = config()
+    assert settings["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
+    assert settings["launch_buttons"]["jupyterhub_url"]
+    assert settings["html"]["use_repository_button"] is True
+    binder = (ROOT / ".binder" / "requirements.txt").read_text()
+    assert "-r ../requirements.txt" in binder.splitlines()
+    assert (ROOT / ".binder" / "runtime.txt").read_text().strip() == "python-3.11"
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "pages.yml").read_text())
+    assert workflow[True]["push"]["branches"] == ["main"]  # YAML reads the key `on` as True
+    steps = workflow["jobs"]["build"]["steps"]
+    assert any(step.get("run") == "bash scripts/build_book.sh" for step in steps)
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-pages"))
+    assert upload["with"]["path"] == "_build/html"
+    deploy = workflow["jobs"]["deploy"]["steps"]
+    assert deploy[0]["uses"].startswith("actions/deploy-pages@")
