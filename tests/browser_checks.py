@@ -331,13 +331,28 @@ CONTRAST_JS = """(minimum) => {
         return [255, 255, 255];
     };
     const problems = [];
-    for (const el of document.querySelectorAll("main figcaption, main figcaption p")) {
-        const fg = luminance(rgb(getComputedStyle(el).color));
-        const bg = luminance(background(el));
-        const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
-        if (ratio < minimum) {
-            problems.push(`caption contrast ${ratio.toFixed(2)}:1 is below ${minimum}:1: `
-                          + el.textContent.trim().slice(0, 40));
+    for (const caption of document.querySelectorAll("main figcaption")) {
+        // every element that holds caption text itself, not only the caption's box
+        const walker = document.createTreeWalker(caption, NodeFilter.SHOW_TEXT);
+        const holders = new Set();
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            if (node.textContent.trim() && !node.parentElement.closest("a, mjx-container")) {
+                holders.add(node.parentElement);
+            }
+        }
+        for (const el of holders) {
+            const style = getComputedStyle(el);
+            const fg = luminance(rgb(style.color));
+            const bg = luminance(background(el));
+            const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+            const text = el.textContent.trim().slice(0, 40);
+            if (ratio < minimum) {
+                problems.push(`caption contrast ${ratio.toFixed(2)}:1 is below ${minimum}:1: `
+                              + text);
+            }
+            if (parseInt(style.fontWeight, 10) < 400) {
+                problems.push(`caption text in a thin font (weight ${style.fontWeight}): ${text}`);
+            }
         }
     }
     return problems;
@@ -345,7 +360,7 @@ CONTRAST_JS = """(minimum) => {
 
 
 def contrast_problems(page) -> list[str]:
-    """Caption text with too little contrast against its background."""
+    """Caption text with too little contrast against its background, or in a thin font."""
     return page.evaluate(CONTRAST_JS, MIN_CONTRAST)
 
 

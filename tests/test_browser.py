@@ -243,10 +243,15 @@ def test_low_contrast_captions_are_found(tab, tmp_path):
     page, _ = tab
     body = (
         "<figure><figcaption style='color:#aaa'>Grey on white</figcaption></figure>"
-        "<figure><figcaption style='color:#222'>Dark on white</figcaption></figure>"
+        "<figure><figcaption style='color:#222'><span style='color:#bbb'>Fig. 1</span> "
+        "<span style='font-weight:300'>Thin</span> Dark on white</figcaption></figure>"
     )
     bc.visit(page, fixture_page(tmp_path, body))
-    assert bc.contrast_problems(page) == ["caption contrast 2.32:1 is below 4.5:1: Grey on white"]
+    assert bc.contrast_problems(page) == [
+        "caption contrast 2.32:1 is below 4.5:1: Grey on white",
+        "caption contrast 1.92:1 is below 4.5:1: Fig. 1",
+        "caption text in a thin font (weight 300): Thin",
+    ]
 
 
 def test_navigation_problems_are_found(tab, tmp_path):
@@ -303,3 +308,9 @@ def test_a_broken_copy_of_the_site_fails(built_book, browser, tmp_path, damage, 
     problems += bc.figure_problems(page) + bc.download_problems(page, exercise_expected=True)
     context.close()
     assert any(expected in problem for problem in problems), problems
+
+
+def test_without_chromium_the_tests_say_why(monkeypatch):
+    monkeypatch.setattr(bc, "CHROMIUM", Path("/nonexistent/chromium"))
+    reason = bc.chromium_missing_reason()
+    assert "the Debian package chromium" in reason and "apt-get" in reason
