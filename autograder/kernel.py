@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Mapping
 
 from autograder.batteries import load_battery
-from autograder.battery import (
+from autograder.kit.battery import (
     Battery,
     Outcome,
     forbidden_in_source,
@@ -37,7 +37,7 @@ from autograder.battery import (
     one_torch_thread,
     run_reference,
 )
-from autograder.executor import execute_call, install_tripwires, remove_tripwires
+from autograder.runtime.executor import execute_call, install_tripwires, remove_tripwires
 
 
 class _Sink:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from autograder.executor import RETURNED, Call, Result
+from autograder.runtime.executor import RETURNED, Call, Result
 
 
 def tensor_problem(name: str, actual, expected: torch.Tensor, rtol: float, atol: float):

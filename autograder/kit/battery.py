@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from autograder.executor import Call, Result, execute_call
+from autograder.runtime.executor import Call, Result, execute_call
 
 # A judge returns None when the student's results are right, else a short reason
 # (in the student's terms, never showing reference values or hidden inputs).
