@@ -807,6 +807,21 @@ def test_no_reference_solution_reaches_its_forbidden_operations(device, dtype):
         assert watch.reached == [], function
 
 
+def test_autograd_and_a_backward_pass_inside_the_watch_change_nothing():
+    make = Make("cpu", torch.float32)
+    q = make(2, 3, 4).requires_grad_()
+    x = make(2, 3, 8).requires_grad_()
+    with Watch(forbidden((CH03, "scaled_dot_product_attention"))) as allowed:
+        out, weights = ch03_self_attention.scaled_dot_product_attention(q, q, q)
+        (out.sum() + weights.sum()).backward()
+    with Watch(forbidden((CH06, "EncoderLayer"))) as submodules:
+        ch06_transformer.EncoderLayer(8, 2, 16)(x).sum().backward()
+    with Watch(forbidden((CH03, "self_attention"))) as reached:
+        F.scaled_dot_product_attention(q, q, q).sum().backward()
+    assert (allowed.reached, submodules.reached, reached.reached) == ([], [], [ops.SDPA])
+    assert q.grad is not None and x.grad is not None
+
+
 # --- the watch's own behaviour ----------------------------------------------------------
 
 
