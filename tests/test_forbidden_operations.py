@@ -1051,10 +1051,24 @@ def test_the_static_check_reads_aliases_and_strings(source, names, expected):
     assert forbidden_in_source(source, names) == sorted(expected)
 
 
-def test_the_static_check_leaves_the_students_own_functions_alone():
+def test_the_static_check_leaves_the_students_own_names_alone():
     source = "def self_attention(x):\n    return scaled_dot_product_attention(x, x, x)\n"
     assert forbidden_in_source(source, ATTENTION) == [ops.SDPA]
     assert forbidden_in_source(source, ATTENTION, own_names={"scaled_dot_product_attention"}) == []
+    helper = (
+        "def scaled_dot_product_attention(q, k, v, mask):\n    return q\n"
+        "def masked_attention(q, k, v, mask=None):\n"
+        "    return scaled_dot_product_attention(q, k, v, mask)\n"
+    )
+    assert forbidden_in_source(helper, ATTENTION) == []
+    assert forbidden_in_source(helper + "F.scaled_dot_product_attention(q, q, q)", ATTENTION) == [
+        ops.SDPA
+    ]
+    loss = "cross_entropy = -log_probs.gather(-1, t).mean()\nreturn cross_entropy"
+    assert forbidden_in_source(loss, (ops.CROSS_ENTROPY, ops.NLL_LOSS)) == []
+    conv = "convolution = images.reshape(B, C, H // p, p, W // p, p)"
+    assert forbidden_in_source(conv, PATCHES) == []
+    assert forbidden_in_source("torch.convolution(x, w)", PATCHES) == [ops.CONVOLUTION]
     with pytest.raises(ValueError, match="unknown"):
         forbidden_in_source(source, ["softmax"])
 

@@ -348,8 +348,8 @@ OPERATIONS: dict[str, Operation] = {
                 "conv_transpose2d",
                 "conv_transpose3d",
                 "conv_tbc",
-                "convolution",
-                "_convolution",
+                "torch.convolution",
+                "torch._convolution",
                 "_conv_forward",
                 "mkldnn_convolution",
                 "Conv1d",
@@ -452,17 +452,18 @@ def forbidden_in_source(
     an imported name (``from torch.nn.functional import layer_norm as ln``) or a string
     (``getattr(F, "layer_norm")``). A dotted source name matches that module attribute
     through any alias of the module (``import torch.nn.functional as G; G.unfold``). A
-    bare name in ``own_names`` (the contract functions) is the student's own function:
-    ``self_attention`` may call the student's ``scaled_dot_product_attention``.
-    Unparsable source names nothing. This is the second line: names built at run time
-    escape it, and ``Watch`` sees them.
+    name that ``own_names`` holds (the contract functions) or that the source binds (a
+    function, a class, a variable, an argument) is the student's own: ``self_attention``
+    may call the student's ``scaled_dot_product_attention``, and a loss may be held in
+    ``cross_entropy``. Unparsable source names nothing. This is the second line: names
+    built at run time escape it, and ``Watch`` sees them.
     """
     watched = [OPERATIONS[name] for name in sorted(_check_names(names))]
-    own_names = set(own_names)
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
+    own_names = set(own_names) | _bound_names(tree)
     bare: dict[str, set[str]] = {}
     dotted: dict[str, set[str]] = {}
     for op in watched:
@@ -486,6 +487,19 @@ def forbidden_in_source(
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             found |= bare.get(node.value, set())
     return sorted(found)
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    """The names that ``tree`` binds itself: functions, classes, variables, arguments."""
+    bound = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return bound
 
 
 def _module_aliases(tree: ast.AST) -> dict[str, str]:
