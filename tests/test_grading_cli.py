@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import html
 import inspect
 import io
 import itertools
@@ -19,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,6 +366,88 @@ def test_seed_is_kept_private_in_run_json(batch):
     assert oct(out.stat().st_mode & 0o777) == oct(0o700)
 
 
+# What the instructor reads: ties, the class report, the LMS file ----------------------------
+
+
+def _failures(records) -> Counter:
+    return Counter(
+        check["name"]
+        for record in records.values()
+        for entry in record["functions"].values()
+        for check in entry["checks"]
+        if not check["passed"]
+    )
+
+
+def test_checks_failed_most_keeps_ties_together(batch):
+    _, _, summary, records = batch
+    failures = _failures(records)
+    top = max(failures.values())
+    assert summary.failed_checks[0] == (top, sorted(n for n, c in failures.items() if c == top))
+    # blank, wrong and forbidden fail all three; a wrong attention breaks self_attention
+    assert summary.failed_checks[0] == (
+        3,
+        ["sdpa_rectangular", "sdpa_values", "self_attention_values"],
+    )
+    counts = [count for count, _ in summary.failed_checks]
+    assert counts == sorted(set(counts), reverse=True)  # one line per number of students
+    text = cli.format_summary(summary)
+    assert f"{top:4d}  {', '.join(summary.failed_checks[0][1])}" in text
+
+
+def test_the_class_report_counts_checks_mistakes_and_who_was_not_graded(batch):
+    from autograder.engine import report
+
+    _, out, summary, records = batch
+    graded = [r for r in records.values() if r["status"] == "graded"]
+    rows = report.check_failures(make_battery(), list(records.values()))
+    failures = _failures(records)
+    assert [(name, failed, total) for name, _, failed, total in rows] == sorted(
+        [(c.name, failures[c.name], len(graded)) for c in make_battery().checks],
+        key=lambda row: -row[1],
+    )
+    assert report.named_mistakes(list(records.values())) == [
+        (FUNCTIONS[0], "the scores are not divided by sqrt(d).", ["wrong"])
+    ]
+    page = (out / "report.html").read_text()
+    for image in ("scores.png", "checks.png"):
+        assert f"src='report_files/{image}'" in page
+        assert (out / "report_files" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for student in ("corrupt", "garbage", "no_notebook"):
+        assert f"<td>{student}</td><td>{html.escape(summary.not_graded[student])}</td>" in page
+    assert "No hidden test cell scored more" in page  # no suspects outside a course
+    assert summary.report == out / "report.html"
+    assert str(SEED) not in page and LEAK not in page
+
+
+def test_report_bins_and_cells():
+    from autograder.engine import report
+
+    assert report._score_bins(10).tolist() == [x - 0.5 for x in range(12)]
+    assert "<td>&lt;b&gt;ann&lt;/b&gt;</td>" in report._table(("student",), [("<b>ann</b>",)])
+
+
+def test_the_lms_file_has_final_scores_one_column_per_function(batch, tmp_path):
+    from autograder.engine.gradebook import ManualGrade
+
+    _, out, _, records = batch
+    rows = list(csv.reader((out / "lms.csv").open()))
+    assert rows[0] == [
+        "student_id", *(f"{f} (10 points)" for f in FUNCTIONS), "total (30 points)"
+    ]  # fmt: skip
+    assert [row[0] for row in rows[1:]] == sorted(variants())
+    assert dict((row[0], row[1:]) for row in rows[1:])["wrong"] == ["0", "0", "10", "10"]
+    manual = [
+        ManualGrade("wrong", FUNCTIONS[1], 4.0, 10.0, overwritten=False),
+        ManualGrade("honest", FUNCTIONS[0], 1.0, 10.0, overwritten=True),
+    ]
+    path = tmp_path / "lms.csv"
+    grading.write_lms_csv(path, make_battery(), list(records.values()), manual)
+    final = {row[0]: row[1:] for row in list(csv.reader(path.open()))[1:]}
+    assert final["wrong"] == ["0", "4", "10", "14"]  # the kept manual grade
+    assert final["honest"] == ["10", "10", "10", "30"]  # the overwritten one is gone
+
+
 # Re-runs, interruption, the command line -------------------------------------------------
 
 
@@ -396,6 +480,31 @@ def test_rerun_skips_graded_and_force_regrades(small_batch):
     assert (changed.graded_now, changed.skipped) == (1, 4)
     forced = _grade(small_batch, force=True)
     assert (forced.graded_now, forced.skipped) == (5, 0)
+
+
+def test_only_the_students_named_are_graded(small_batch):
+    _grade(small_batch)
+    again = _grade(small_batch, students=["wrong", "blank"], force=True)
+    assert (again.graded_now, again.skipped, again.students) == (2, 0, 5)
+    unchanged = _grade(small_batch, students=["wrong"])  # without force: nothing changed
+    assert (unchanged.graded_now, unchanged.skipped) == (0, 1)
+    with pytest.raises(grading.GradingError, match="no submission folder for student nobody"):
+        _grade(small_batch, students=["nobody"])
+
+
+def test_student_option_regrades_them_on_the_command_line(small_batch, monkeypatch, capsys):
+    monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
+    monkeypatch.setattr(grading, "default_worker_factory", lambda *options: InProcessWorker)
+    monkeypatch.setattr(grading, "REPOSITORY", small_batch)
+    (small_batch / "exercises").symlink_to(small_batch / "course")
+    monkeypatch.chdir(small_batch)
+    assert cli.main(["grade", ASSIGNMENT, "subs", "--workers", "1"]) == 0
+    capsys.readouterr()
+    options = ["--student", "wrong", "--student", "honest"]
+    assert cli.main(["grade", ASSIGNMENT, "subs", "--workers", "1", *options]) == 0
+    said = capsys.readouterr().out
+    assert "5 students (2 graded now, 0 already graded)" in said
+    assert f"class report: {Path('grading') / ASSIGNMENT / 'report.html'}" in said
 
 
 def test_interrupt_keeps_finished_records_and_resumes(small_batch):
@@ -523,7 +632,7 @@ def test_reader_survives_odd_cells(tmp_path):
     ]
     submission = _read(tmp_path, notebook)
     assert submission.readable
-    assert "# %matplotlib inline\nx = 1" in submission.cells
+    assert "pass\nx = 1" in submission.cells  # the magic, made plain Python
     assert sum("not a valid notebook cell" in p for p in submission.problems) == 2
 
 
@@ -552,7 +661,7 @@ def _nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Object of type")  # nbgrader's add_submission
-def test_nbgrader_course_gets_manual_scores_and_tampering_report(tmp_path, monkeypatch):
+def test_nbgrader_course_gets_the_scores_and_the_tampering_report(tmp_path, monkeypatch):
     from nbgrader.api import Gradebook
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
@@ -568,21 +677,136 @@ def test_nbgrader_course_gets_manual_scores_and_tampering_report(tmp_path, monke
     assert NbGraderAPI(config=config).generate_assignment(ASSIGNMENT)["success"]
     everything = variants()
     write_submissions(course / "submitted", {n: everything[n] for n in ("honest", "wrong")})
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "test-course") as book:
-        book.add_student("wrong")
-        book.add_submission(ASSIGNMENT, "wrong")
-        book.find_grade(f"test_{FUNCTIONS[0]}", ASSIGNMENT, ASSIGNMENT, "wrong").auto_score = 10.0
-        book.db.commit()
     summary = grading.grade(
-        ASSIGNMENT, course / "submitted", tmp_path / "out", workers=1, seed=SEED,
-        battery=make_battery(), worker_factory=InProcessWorker,
+        ASSIGNMENT, course / "submitted", workers=1, seed=SEED, battery=make_battery(),
+        worker_factory=InProcessWorker, kernel_scores={"wrong": {FUNCTIONS[0]: 10.0}},
     )  # fmt: skip
+    out = course / "grading" / ASSIGNMENT  # the course's own output folder
     assert [(s.student, s.function) for s in summary.tampering] == [("wrong", FUNCTIONS[0])]
-    assert "wrong" in (tmp_path / "out" / "suspected_tampering.csv").read_text()
+    assert "wrong" in (out / "suspected_tampering.csv").read_text()
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "test-course") as book:
+        notebook = book.find_submission_notebook(ASSIGNMENT, ASSIGNMENT, "wrong")
+        assert notebook.flagged
+        comment = book.find_comment(FUNCTIONS[0], ASSIGNMENT, ASSIGNMENT, "wrong").comment
+        assert comment.startswith("kernel 10, grader 0: ")
     _nbgrader(course, "export", "--to", str(tmp_path / "export.csv"))
     with (tmp_path / "export.csv").open() as handle:
         exported = {row["student_id"]: float(row["score"]) for row in csv.DictReader(handle)}
     assert exported == {"honest": 30.0, "wrong": 10.0}
+
+
+# Writing the gradebook: one function for the grader and for nbgrader autograde -----------
+
+
+class FakeEntry:
+    """A grade, a comment or a submitted notebook of an nbgrader gradebook, in memory."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+class FakeGradebook:
+    """The part of ``nbgrader.api.Gradebook`` that ``gradebook.sync_student`` uses."""
+
+    def __init__(self, students):
+        self.notebooks = {s: FakeEntry(flagged=False) for s in students}
+        self.grades = {
+            (s, f"test_{f}"): FakeEntry(
+                auto_score=None, manual_score=None, needs_manual_grade=True, max_score=10.0
+            )
+            for s in students
+            for f in FUNCTIONS
+        }
+        self.comments = {(s, f): FakeEntry(auto_comment=None) for s in students for f in FUNCTIONS}
+        self.db = FakeEntry(commit=lambda: None, rollback=lambda: None)
+
+    def find_submission(self, assignment, student):
+        from nbgrader.api import MissingEntry
+
+        if student not in self.notebooks:
+            raise MissingEntry()
+
+    def find_submission_notebook(self, notebook, assignment, student):
+        return self.notebooks[student]
+
+    def find_grade(self, cell, notebook, assignment, student):
+        return self.grades[(student, cell)]
+
+    def find_comment(self, cell, notebook, assignment, student):
+        return self.comments[(student, cell)]
+
+
+def _record(student, scores, status="graded"):
+    return {
+        "student": student,
+        "status": status,
+        "functions": {
+            f: {"score": score, "max_score": 10.0}
+            for f, score in zip(FUNCTIONS, scores, strict=True)
+        },
+    }
+
+
+def test_a_kernel_claim_above_the_grader_flags_and_comments_until_it_is_gone():
+    from autograder.engine import gradebook
+
+    book = FakeGradebook(["ann"])
+    record = _record("ann", [0.0, 10.0, 4.0])
+    claims = {FUNCTIONS[0]: 10.0, FUNCTIONS[1]: 10.0, FUNCTIONS[2]: 0.0}
+    suspects, manual = gradebook.sync_student(book, ASSIGNMENT, record, claims)
+    assert [(s.function, s.kernel_score, s.engine_score) for s in suspects] == [
+        (FUNCTIONS[0], 10.0, 0.0)
+    ]
+    assert manual == [] and book.notebooks["ann"].flagged
+    comment = book.comments[("ann", FUNCTIONS[0])].auto_comment
+    assert comment.startswith(f"kernel 10, grader 0: the hidden tests of {FUNCTIONS[0]}")
+    assert book.comments[("ann", FUNCTIONS[1])].auto_comment is None
+    grades = [book.grades[("ann", f"test_{f}")] for f in FUNCTIONS]
+    assert [(g.auto_score, g.needs_manual_grade) for g in grades] == [
+        (0.0, False), (10.0, False), (4.0, False)
+    ]  # fmt: skip
+    gradebook.sync_student(book, ASSIGNMENT, _record("ann", [10.0, 10.0, 10.0]), {})
+    assert not book.notebooks["ann"].flagged  # a resubmission that passes: our flag goes
+    assert book.comments[("ann", FUNCTIONS[0])].auto_comment is None
+
+
+def test_a_flag_set_by_a_person_stays():
+    from autograder.engine import gradebook
+
+    book = FakeGradebook(["ann"])
+    book.notebooks["ann"].flagged = True
+    book.comments[("ann", FUNCTIONS[0])].auto_comment = "No response."
+    gradebook.sync_student(book, ASSIGNMENT, _record("ann", [0.0, 0.0, 0.0]), {})
+    assert book.notebooks["ann"].flagged
+    assert book.comments[("ann", FUNCTIONS[0])].auto_comment == "No response."
+
+
+def test_manual_scores_are_kept_unless_overwriting_is_asked_for():
+    from autograder.engine import gradebook
+
+    book = FakeGradebook(["ann"])
+    book.grades[("ann", f"test_{FUNCTIONS[1]}")].manual_score = 7.0
+    book.grades[("ann", f"test_{FUNCTIONS[2]}")].manual_score = 10.0  # agrees: no conflict
+    record = _record("ann", [10.0, 10.0, 10.0])
+    _, manual = gradebook.sync_student(book, ASSIGNMENT, record, {})
+    assert [(m.function, m.manual_score, m.engine_score, m.overwritten) for m in manual] == [
+        (FUNCTIONS[1], 7.0, 10.0, False)
+    ]
+    assert book.grades[("ann", f"test_{FUNCTIONS[1]}")].manual_score == 7.0
+    _, manual = gradebook.sync_student(book, ASSIGNMENT, record, {}, overwrite_manual=True)
+    assert [m.overwritten for m in manual] == [True]
+    assert book.grades[("ann", f"test_{FUNCTIONS[1]}")].manual_score is None
+
+
+def test_a_grader_failure_asks_for_a_manual_grade_and_suspects_nobody():
+    from autograder.engine import gradebook
+
+    book = FakeGradebook(["ann"])
+    record = _record("ann", [0.0, 0.0, 0.0], status="error")
+    suspects, _ = gradebook.sync_student(book, ASSIGNMENT, record, {FUNCTIONS[0]: 10.0})
+    assert suspects == [] and not book.notebooks["ann"].flagged
+    grade = book.grades[("ann", f"test_{FUNCTIONS[0]}")]
+    assert (grade.auto_score, grade.needs_manual_grade) == (None, True)
 
 
 # The real battery in the real sandbox ------------------------------------------------------

@@ -1,7 +1,8 @@
 """The command line: ``python -m autograder grade <assignment_id> <submitted_dir> [options]``.
 
-Grades every submission (see ``autograder.engine.grading``), shows a progress bar on stderr
-while it works, then a summary. Exit status: 0 when every submission was graded (whatever the
+Grades every submission (or those of ``--student``; see ``autograder.engine.grading``), shows
+a progress bar on stderr while it works, then a summary that points to the class report.
+Exit status: 0 when every submission was graded (whatever the
 students scored); 2 for a usage error or an unknown assignment; 3 when the self-check failed
 (the reference solutions did not get full marks: nobody was graded); 4 when the grader failed
 on some submissions (they are listed as "not graded: grader error" and have no score); 130 when
@@ -75,8 +76,8 @@ def format_summary(summary: Summary) -> str:
         f"mean score {summary.mean_score:.2f} / {summary.max_score:g}",
     ]
     if summary.failed_checks:
-        lines.append("checks failed most:")
-        lines += [f"  {count:4d}  {name}" for name, count in summary.failed_checks]
+        lines.append("checks failed most (students who failed them):")
+        lines += [f"  {count:4d}  {_names(names)}" for count, names in summary.failed_checks]
     if summary.forged:
         lines.append(
             f"records not written by this grader, graded again ({len(summary.forged)}): "
@@ -92,15 +93,46 @@ def format_summary(summary: Summary) -> str:
         lines += [f"  {student}: {'; '.join(p)}" for student, p in summary.problems.items()]
     if summary.gradebook_note:
         lines.append(summary.gradebook_note)
-        lines.append(f"suspected tampering: {len(summary.tampering)}")
-        lines += [
-            f"  {s.student} {s.function}: {s.kernel_score:g} in the kernel, {s.engine_score:g} here"
-            for s in summary.tampering
-        ]
+    lines += _manual_lines(summary.manual)
+    lines.append(f"suspected tampering: {len(summary.tampering)}")
+    lines += [
+        f"  {s.student} {s.function}: {s.kernel_score:g} in the kernel, {s.engine_score:g} here"
+        for s in summary.tampering
+    ]
     isolation = ", ".join(f"{level} ({n})" for level, n in summary.isolation.items())
     lines.append(f"isolation: {isolation or 'no code ran in this run'}")
-    lines.append(f"results in {summary.out_dir} (grades.csv, feedback/, records/)")
+    lines.append(f"results in {summary.out_dir} (grades.csv, lms.csv, feedback/, records/)")
+    if summary.report is not None:
+        lines.append(f"class report: {summary.report}")
     return "\n".join(lines)
+
+
+def _names(names: list[str], shown: int = 6) -> str:
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+
+
+def _manual_lines(manual) -> list[str]:
+    kept = [m for m in manual if not m.overwritten]
+    lines = []
+    if kept:
+        lines.append(
+            f"manual grades kept ({len(kept)}), which differ from the grader's"
+            " (--overwrite-manual-grades replaces them):"
+        )
+        lines += [
+            f"  {m.student} {m.function}: {m.manual_score:g} by hand, {m.engine_score:g} here"
+            for m in kept
+        ]
+    overwritten = [m for m in manual if m.overwritten]
+    if overwritten:
+        lines.append(f"manual grades overwritten ({len(overwritten)}):")
+        lines += [
+            f"  {m.student} {m.function}: was {m.manual_score:g}, now {m.engine_score:g}"
+            for m in overwritten
+        ]
+    return lines
 
 
 def parser() -> argparse.ArgumentParser:
@@ -110,9 +142,30 @@ def parser() -> argparse.ArgumentParser:
     grading.add_argument("assignment_id")
     grading.add_argument("submitted_dir", type=Path, help="<student_id>/<assignment_id>/*.ipynb")
     grading.add_argument("--json", type=Path, dest="json_path", help="write the records here")
-    grading.add_argument("--out", type=Path, help="output folder (grading/<assignment_id>)")
+    grading.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (<course>/grading/<assignment_id> for an nbgrader course's"
+        " submitted/, else grading/<assignment_id>)",
+    )
     grading.add_argument("--workers", type=positive, help="parallel sandboxes (CPU count)")
-    grading.add_argument("--force", action="store_true", help="regrade graded students too")
+    grading.add_argument(
+        "--student",
+        action="append",
+        dest="students",
+        metavar="ID",
+        help="grade (again) only this student; repeat for several",
+    )
+    grading.add_argument(
+        "--force",
+        action="store_true",
+        help="regrade graded students too (manual grades are still kept)",
+    )
+    grading.add_argument(
+        "--overwrite-manual-grades",
+        action="store_true",
+        help="replace the scores changed by hand in formgrader with the grader's",
+    )
     grading.add_argument(
         "--isolation",
         choices=("auto", "bubblewrap", "process"),
@@ -157,15 +210,16 @@ def positive(text: str) -> int:
 
 def run_grade(args: argparse.Namespace) -> int:
     progress = Progress()
-    out_dir = args.out or Path("grading") / args.assignment_id
     try:
         summary = grade(
             args.assignment_id,
             args.submitted_dir,
-            out_dir,
+            args.out,
             workers=args.workers,
-            force=args.force,
+            force=args.force or bool(args.students),
             json_path=args.json_path,
+            students=args.students,
+            overwrite_manual=args.overwrite_manual_grades,
             isolation=args.isolation,
             accept_weak=args.accept_weak_isolation,
             limits=limits_of(args),

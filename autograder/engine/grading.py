@@ -8,13 +8,17 @@ One run goes through these steps, each a small function below:
    read the notebook, check the source for forbidden built-ins, run the plan in the
    sandbox, judge the results here, and write the student's record atomically to
    ``<out>/records/<student>.json`` as soon as it is done;
-4. rebuild every output from the record files: ``grades.csv``, the ``--json`` list,
-   one feedback file per student and, for an nbgrader course, the gradebook.
+4. rebuild every output from the record files: ``grades.csv``, ``lms.csv``, the
+   ``--json`` list, one feedback file per student, the class report (``report.html``)
+   and, for an nbgrader course, the gradebook.
 
 A record present for the same assignment and the same notebook is not graded again
-unless ``force``; a run that is interrupted keeps the records it finished. The seed is
-kept in ``<out>/run.json`` (private to the instructor) so that a run can be reproduced
-and resumed; feedback never shows it, nor reference values, hidden inputs or tests.
+unless ``force`` (which the command line's ``--student`` implies for the students it
+names); a run that is interrupted keeps the records it finished. The seed is kept in ``<out>/run.json`` (private to the
+instructor) so that a run can be reproduced and resumed; feedback never shows it, nor
+reference values, hidden inputs or tests. Inside an nbgrader course the output folder is
+``<course>/grading/<assignment>`` by default, where ``nbgrader autograde`` finds the same
+records and seed (``autograder.engine.nbgrader_steps``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder.engine import gradebook
+from autograder.engine import gradebook, report
 from autograder.engine.notebook import KnownCells, Submission, read_submission
 from autograder.kit.battery import (
     Battery,
@@ -87,6 +91,23 @@ def find_submissions(submitted_dir: Path, assignment_id: str) -> list[Entry]:
     return entries
 
 
+def default_out_dir(submitted_dir: Path, assignment_id: str) -> Path:
+    """``<course>/grading/<assignment>`` for an nbgrader course, else ``grading/<assignment>``."""
+    course = gradebook.find_course(submitted_dir)
+    return (course if course is not None else Path()) / "grading" / assignment_id
+
+
+def select(entries: Sequence[Entry], students: Sequence[str] | None) -> list[Entry]:
+    """The entries of ``students`` (every entry when None); an unknown id is an error."""
+    if students is None:
+        return list(entries)
+    known = {entry.student for entry in entries}
+    unknown = sorted(set(students) - known)
+    if unknown:
+        raise GradingError(f"no submission folder for student {', '.join(unknown)}")
+    return [entry for entry in entries if entry.student in set(students)]
+
+
 def notebook_digest(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -126,7 +147,7 @@ def record_key(out_dir: Path) -> str:
 
 def prepare_out_dir(out_dir: Path) -> None:
     """Create the output folder, readable by its owner only (it holds the seed)."""
-    for folder in (out_dir, out_dir / "records", out_dir / "feedback"):
+    for folder in (out_dir, out_dir / "records", out_dir / "feedback", out_dir / "kernel"):
         folder.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # an existing folder of someone else's keeps its mode
         out_dir.chmod(0o700)
@@ -169,6 +190,26 @@ def make_setup(battery: Battery, seed: int, course_root: Path) -> Setup:
     expected = run_reference(battery, plan)
     known = KnownCells.from_notebooks(course_notebooks(course_root, battery.assignment))
     return Setup(battery, plan, expected, known)
+
+
+@dataclass
+class RunCache:
+    """What one process may reuse between runs of the same assignment, seed and course:
+    the plan with the reference's results, and a self-check that passed with the same
+    isolation and limits. ``nbgrader autograde`` grades one student per call."""
+
+    setups: dict = field(default_factory=dict)
+    self_checked: set = field(default_factory=set)
+
+    def setup(self, battery: Battery, seed: int, course_root: Path) -> Setup:
+        key = (battery.assignment, seed, str(course_root), _source_digest(course_root, battery))
+        if key not in self.setups:
+            self.setups[key] = make_setup(battery, seed, course_root)
+        return self.setups[key]
+
+
+def _source_digest(course_root: Path, battery: Battery) -> str | None:
+    return notebook_digest(course_notebooks(course_root, battery.assignment)[1])
 
 
 # Grading one submission ------------------------------------------------------------------
@@ -373,8 +414,8 @@ class RecordStore:
     ``forged`` names them for the summary.
     """
 
-    def __init__(self, out_dir: Path, key: str):
-        self.folder = out_dir / "records"
+    def __init__(self, out_dir: Path, key: str, folder: str = "records"):
+        self.folder = out_dir / folder
         self.key = key.encode()
         self.forged: set[str] = set()
 
@@ -398,6 +439,50 @@ class RecordStore:
     def write(self, record: dict) -> None:
         signed = {**record, "signature": self.signature(record)}
         write_atomically(self.path(record["student"]), json.dumps(signed, indent=1))
+
+
+# What the notebook's kernel claimed ----------------------------------------------------------
+
+
+def kernel_store(out_dir: Path, key: str) -> RecordStore:
+    """The scores that ``nbgrader autograde`` saw the hidden test cells produce in the
+    kernel, per student, signed like the records (written by ``nbgrader_steps``)."""
+    return RecordStore(out_dir, key, folder="kernel")
+
+
+def save_kernel_scores(store: RecordStore, entry: Entry, scores: Mapping) -> None:
+    store.write(
+        {
+            "student": entry.student,
+            "notebook_digest": notebook_digest(entry.notebook),
+            "scores": dict(scores),
+        }
+    )
+
+
+def saved_state(
+    out_dir: Path, submitted_dir: Path, assignment_id: str, student: str
+) -> tuple[dict | None, dict]:
+    """``student``'s record in ``out_dir`` (None if there is none, or it was not written by
+    this grader) and the kernel's claims about the notebook submitted now."""
+    run = read_json(out_dir / "run.json")
+    if not isinstance(run, dict) or run.get("assignment") != assignment_id:
+        return None, {}
+    key = record_key(out_dir)
+    notebook = Path(submitted_dir) / student / assignment_id / f"{assignment_id}.ipynb"
+    entry = Entry(student, notebook if notebook.exists() else None)
+    claims = load_kernel_scores(kernel_store(out_dir, key), [entry])
+    return RecordStore(out_dir, key).load(student), claims.get(student, {})
+
+
+def load_kernel_scores(store: RecordStore, entries: Sequence[Entry]) -> dict[str, dict]:
+    """Each student's kernel claims about the notebook they have submitted now."""
+    claims = {}
+    for entry in entries:
+        saved = store.load(entry.student)
+        if saved and saved.get("notebook_digest") == notebook_digest(entry.notebook):
+            claims[entry.student] = saved.get("scores", {})
+    return claims
 
 
 def is_done(record: dict | None, assignment_id: str, entry: Entry) -> bool:
@@ -551,6 +636,34 @@ def write_csv(path: Path, battery: Battery, records: Sequence[dict]) -> None:
         scores = [_number(record["functions"][f]["score"]) if scored else "" for f in functions]
         total = _number(record["score"]) if scored else ""
         rows.append([record["student"], *scores, total, _number(record["max_score"])])
+    _write_rows(path, rows)
+
+
+def write_lms_csv(path: Path, battery: Battery, records: Sequence[dict], manual=()) -> None:
+    """The final grades for a learning management system's import: one row per student,
+    one column per function (its points in the header), and the total.
+
+    A score changed by hand in formgrader and kept (``manual``: ``ManualGrade``s) replaces
+    the grader's; a student the grader failed on has empty cells, so that an import leaves
+    their grade unset rather than 0.
+    """
+    kept = {(m.student, m.function): m.manual_score for m in manual if not m.overwritten}
+    functions = battery.functions
+    header = [f"{f} ({_number(battery.max_score(f))} points)" for f in functions]
+    total_max = _number(sum(battery.max_score(f) for f in functions))
+    rows = [["student_id", *header, f"total ({total_max} points)"]]
+    for record in sorted(records, key=lambda r: r["student"]):
+        if grader_failed(record):
+            rows.append([record["student"], *[""] * (len(functions) + 1)])
+            continue
+        scores = [
+            kept.get((record["student"], f), record["functions"][f]["score"]) for f in functions
+        ]
+        rows.append([record["student"], *map(_number, scores), _number(sum(scores))])
+    _write_rows(path, rows)
+
+
+def _write_rows(path: Path, rows: Sequence[Sequence]) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)
@@ -597,29 +710,47 @@ def json_records(records: Sequence[dict]) -> list[dict]:
 
 def feedback_markdown(record: dict) -> str:
     """One student's feedback file: every check, the notebook's problems, the cell errors."""
-    graded = record["status"] == "graded"
+    lines = feedback_header(record)
+    for function in record["functions"]:
+        lines += function_section(record, function)
+    lines += notebook_sections(record)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def feedback_header(record: dict) -> list[str]:
+    """The title and the total (and, when nothing was graded, why)."""
     lines = [
         f"# {record['assignment']}: feedback for {record['student']}",
         "",
         f"Score: {_number(record['score'])} / {_number(record['max_score'])}",
         "",
     ]
-    if not graded:
+    if record["status"] != "graded":
         lines += [function_feedback(record, ""), ""]
-    for function, entry in record["functions"].items():
-        lines.append(f"## {function}: {_number(entry['score'])} / {_number(entry['max_score'])}")
-        lines += (
-            ["", summary_line(entry), "", *_check_lines(entry), ""] if entry["checks"] else [""]
-        )
+    return lines
+
+
+def function_section(record: dict, function: str) -> list[str]:
+    """One function's score and its checks (the text of its hidden test cell's output)."""
+    entry = record["functions"][function]
+    lines = [f"## {function}: {_number(entry['score'])} / {_number(entry['max_score'])}", ""]
+    if entry["checks"]:
+        lines += [summary_line(entry), "", *_check_lines(entry), ""]
+    return lines
+
+
+def notebook_sections(record: dict) -> list[str]:
+    """The notebook's problems, the errors of its cells and the isolation it ran under."""
+    graded = record["status"] == "graded"
     problems = record["problems"] if graded else record["problems"][1:]
-    lines += _section("Problems with the notebook", problems)
+    lines = _section("Problems with the notebook", problems)
     errors = [f"cell {error['cell'] or '?'}: {error['message']}" for error in record["cell_errors"]]
     lines += _section("Errors while running your cells", errors)
     if record.get("isolation"):
         lines.append(
             f"Your code ran in a separate, limited process (isolation: {record['isolation']})."
         )
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def _check_lines(entry: dict) -> list[str]:
@@ -632,8 +763,11 @@ def _section(title: str, items: Sequence[str]) -> list[str]:
     return [f"## {title}", "", *(f"- {item}" for item in items), ""]
 
 
-def write_outputs(out_dir: Path, battery: Battery, records: Sequence[dict], json_path) -> None:
+def write_outputs(
+    out_dir: Path, battery: Battery, records: Sequence[dict], json_path, manual=()
+) -> None:
     write_csv(out_dir / "grades.csv", battery, records)
+    write_lms_csv(out_dir / "lms.csv", battery, records, manual)
     for record in records:
         write_atomically(
             out_dir / "feedback" / f"{record['student']}.md", feedback_markdown(record)
@@ -656,22 +790,22 @@ class Summary:
     skipped: int = 0
     mean_score: float = 0.0
     max_score: float = 0.0
-    failed_checks: list[tuple[str, int]] = field(default_factory=list)
+    failed_checks: list[tuple[int, list[str]]] = field(default_factory=list)  # count, checks
     problems: dict[str, list[str]] = field(default_factory=dict)
     not_graded: dict[str, str] = field(default_factory=dict)
     grader_errors: list[str] = field(default_factory=list)  # students not graded: our failure
     self_checked: bool = False  # the reference got full marks through the students' path
     forged: list[str] = field(default_factory=list)  # records this grader did not write
     tampering: list[gradebook.Suspect] = field(default_factory=list)
+    manual: list[gradebook.ManualGrade] = field(default_factory=list)  # kept or overwritten
     gradebook_note: str = ""
     isolation: dict[str, int] = field(default_factory=dict)
+    report: Path | None = None
 
 
-def summarise(summary: Summary, records: Sequence[dict], top: int = 5) -> Summary:
-    summary.students = len(records)
-    if records:
-        summary.mean_score = sum(r["score"] for r in records) / len(records)
-        summary.max_score = max(r["max_score"] for r in records)
+def failure_groups(records: Sequence[dict], top: int = 3) -> list[tuple[int, list[str]]]:
+    """The checks failed by the most students, grouped by that number (ties together),
+    for the ``top`` largest numbers."""
     failures = Counter(
         check["name"]
         for record in records
@@ -679,7 +813,18 @@ def summarise(summary: Summary, records: Sequence[dict], top: int = 5) -> Summar
         for check in entry["checks"]
         if not check["passed"]
     )
-    summary.failed_checks = failures.most_common(top)
+    groups: dict[int, list[str]] = {}
+    for name, count in failures.items():
+        groups.setdefault(count, []).append(name)
+    return [(count, sorted(groups[count])) for count in sorted(groups, reverse=True)[:top]]
+
+
+def summarise(summary: Summary, records: Sequence[dict]) -> Summary:
+    summary.students = len(records)
+    if records:
+        summary.mean_score = sum(r["score"] for r in records) / len(records)
+        summary.max_score = max(r["max_score"] for r in records)
+    summary.failed_checks = failure_groups(records)
     summary.problems = {r["student"]: r["problems"] for r in records if r["problems"]}
     summary.grader_errors = [r["student"] for r in records if grader_failed(r)]
     summary.not_graded = {
@@ -692,8 +837,15 @@ def summarise(summary: Summary, records: Sequence[dict], top: int = 5) -> Summar
 # The whole run ------------------------------------------------------------------------------
 
 
-def checked_worker(setup: Setup, factory: Callable, course_root: Path) -> Callable:
-    """A worker factory whose first worker has passed the self-check (it is reused)."""
+def checked_worker(
+    setup: Setup, factory: Callable, course_root: Path, cache: RunCache | None = None, key=None
+) -> Callable:
+    """A worker factory whose first worker has passed the self-check (it is reused).
+
+    With a ``cache`` that has seen this ``key`` pass, the self-check is not run again.
+    """
+    if cache is not None and key in cache.self_checked:
+        return factory
     try:
         first = factory()
     except RuntimeError as error:  # no sandbox of the kind asked for can start here
@@ -703,6 +855,8 @@ def checked_worker(setup: Setup, factory: Callable, course_root: Path) -> Callab
     except BaseException:
         _close(first)
         raise
+    if cache is not None:
+        cache.self_checked.add(key)
     ready = [first]
     return lambda: ready.pop() if ready else factory()
 
@@ -731,12 +885,18 @@ def load_battery(assignment_id: str) -> Battery:
 def grade(
     assignment_id: str,
     submitted_dir: Path,
-    out_dir: Path,
+    out_dir: Path | None = None,
     workers: int | None = None,
     force: bool = False,
     json_path: Path | None = None,
     seed: int | None = None,
     *,
+    students: Sequence[str] | None = None,
+    overwrite_manual: bool = False,
+    kernel_scores: Mapping[str, Mapping] | None = None,
+    write_gradebook: bool = True,
+    outputs: bool = True,
+    cache: RunCache | None = None,
     isolation: str = "auto",
     accept_weak: bool = False,
     limits=None,
@@ -746,13 +906,25 @@ def grade(
     on_start: Callable[[int], None] | None = None,
     on_record: Callable[[dict], None] | None = None,
 ) -> Summary:
-    """Grade every submission of ``assignment_id`` under ``submitted_dir`` into ``out_dir``.
+    """Grade the submissions of ``assignment_id`` under ``submitted_dir`` into ``out_dir``.
+
+    ``students`` limits the run to those students (with ``force``, they are graded again
+    even when their notebook has not changed); every output still covers the whole class.
+    Inside an nbgrader course the scores go into its gradebook (unless ``write_gradebook``),
+    where manual grades are kept unless ``overwrite_manual``. ``kernel_scores`` (student ->
+    function -> score) are what ``nbgrader autograde`` saw the hidden test cells claim in
+    the kernel; they are kept with the output and compared with the grader's scores.
+    Without ``outputs``, only the records are written (nothing is rebuilt from them).
 
     Raises ``GradingError`` for a problem with the run and ``Interrupted`` on Ctrl-C.
     """
-    submitted_dir, out_dir = Path(submitted_dir), Path(out_dir)
+    submitted_dir = Path(submitted_dir)
+    out_dir = (
+        Path(out_dir) if out_dir is not None else default_out_dir(submitted_dir, assignment_id)
+    )
     battery = battery or load_battery(assignment_id)
     entries = find_submissions(submitted_dir, assignment_id)
+    chosen = select(entries, students)
     course = gradebook.find_course(submitted_dir)
     course_root = course or course_root or REPOSITORY / "exercises"
     prepare_out_dir(out_dir)
@@ -760,25 +932,42 @@ def grade(
     key = record_key(out_dir)
     run = {"assignment": assignment_id, "seed": seed, "record_key": key}
     write_atomically(out_dir / "run.json", json.dumps(run))
-    store = RecordStore(out_dir, key)
-    pending = [e for e in entries if force or not is_done(store.load(e.student), assignment_id, e)]
+    store, claims = RecordStore(out_dir, key), kernel_store(out_dir, key)
+    for entry in chosen:
+        if kernel_scores and entry.student in kernel_scores:
+            save_kernel_scores(claims, entry, kernel_scores[entry.student])
+    pending = [e for e in chosen if force or not is_done(store.load(e.student), assignment_id, e)]
     summary = Summary(assignment_id, out_dir, graded_now=len(pending))
-    summary.skipped = len(entries) - len(pending)
+    summary.skipped = len(chosen) - len(pending)
     if on_start:
         on_start(len(pending))
     if pending:
         with one_torch_thread():
-            setup = make_setup(battery, seed, course_root)
+            cache = cache or RunCache()
+            setup = cache.setup(battery, seed, course_root)
             size = max(1, min(workers or os.cpu_count() or 1, len(pending)))
             factory = worker_factory or default_worker_factory(isolation, limits, accept_weak)
-            checked = checked_worker(setup, factory, course_root)
+            check_key = (battery.assignment, seed, str(course_root), isolation, repr(limits))
+            checked = checked_worker(setup, factory, course_root, cache, check_key)
             summary.self_checked = True
             Pool(setup, checked, store, size).run(pending, on_record or (lambda record: None))
     records = final_records(store, entries, battery)
     summary.forged = sorted(store.forged)
-    write_outputs(out_dir, battery, records, json_path)
-    if course is not None:
-        summary.tampering, summary.gradebook_note = gradebook.record_scores(
-            course, assignment_id, records, out_dir / "suspected_tampering.csv"
+    if not outputs:
+        return summarise(summary, records)
+    kernel_claims = load_kernel_scores(claims, entries)
+    summary.tampering = [
+        suspect
+        for record in records
+        for suspect in gradebook.suspects_of(record, kernel_claims.get(record["student"], {}))
+    ]
+    gradebook.write_suspects(out_dir / "suspected_tampering.csv", summary.tampering)
+    if course is not None:  # without write_gradebook, only read its manual grades
+        written = gradebook.record_scores(
+            course, assignment_id, records, kernel_claims, overwrite_manual, write_gradebook
         )
-    return summarise(summary, records)
+        summary.manual, summary.gradebook_note = written.manual, written.note
+    write_outputs(out_dir, battery, records, json_path, summary.manual)
+    summarise(summary, records)
+    summary.report = report.write_report(out_dir, battery, records, summary)
+    return summary
