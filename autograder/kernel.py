@@ -1,4 +1,4 @@
-"""Grade one contract function inside the notebook's own kernel, for ``nbgrader autograde``.
+"""Grade one contract function inside the notebook's own kernel (the hidden test cells).
 
 A hidden test cell of an exercise notebook ends with
 
@@ -9,8 +9,12 @@ which runs every check of that function on the notebook's namespace, prints one 
 per check and leaves the points earned as the cell's value (nbgrader's partial credit).
 The seed comes from ``AUTOGRADER_SEED`` when it is set, else it is random.
 
-Here the student's code shares the process with the grader and could tamper with it,
-so this grade is a convenience; ``python -m autograder grade`` is the one of record.
+This runs only where the course is importable: ``nbgrader validate`` of the instructor's
+source notebook, and tests. Under ``nbgrader autograde`` the kernel runs students' code
+in a sandbox without the course (``autograder.engine.kernel_sandbox``), so the import
+fails there, and the cell's output is replaced by the sandboxed grader's verdict
+(``autograder.engine.nbgrader_steps``). A kernel shares its process with the code it
+grades, which could tamper with it; ``python -m autograder grade`` is the grade of record.
 Nothing here raises on anything the student wrote, and nothing is written to stderr
 (nbgrader scores a test cell that writes to stderr as 0). The lines printed name
 shapes, dtypes and error sizes, never reference values or hidden inputs.

@@ -1,19 +1,24 @@
 """nbgrader configuration of the course; this folder is the course root.
 
 nbgrader reads this file when it runs from this folder (``nbgrader generate_assignment``,
-``nbgrader autograde``, ``nbgrader export``); code that uses the Python API loads it with
-``traitlets.config.loader.PyFileConfigLoader``.
+``nbgrader autograde``, ``nbgrader generate_feedback``, ``nbgrader export``, formgrader);
+code that uses the Python API loads it with ``traitlets.config.loader.PyFileConfigLoader``.
 """
 
 import os
+import sys
 from pathlib import Path
 
 c = get_config()  # noqa: F821 (provided by traitlets when it runs this file)
 
-# The repository root (the parent of this course root) must be importable in the
-# notebook kernels, whose hidden test cells run ``from autograder.kernel import ...``.
-# Kernels inherit the environment of the nbgrader process, so setting it here is enough.
+# The repository root (the parent of this course root) holds the grader, whose steps
+# nbgrader loads below. It is also on PYTHONPATH for the instructor's own kernels: the
+# hidden test cells call ``autograder.kernel`` when ``nbgrader validate`` runs the source
+# notebook. The kernels of ``nbgrader autograde``, which run students' code, get none of
+# it: they start in a sandbox with a clean environment (autograder/engine/kernel_sandbox.py).
 REPOSITORY_ROOT = str(Path(__file__).resolve().parent.parent)
+if REPOSITORY_ROOT not in sys.path:
+    sys.path.insert(0, REPOSITORY_ROOT)
 _paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 if REPOSITORY_ROOT not in _paths:
     os.environ["PYTHONPATH"] = os.pathsep.join([REPOSITORY_ROOT, *_paths])
@@ -32,6 +37,27 @@ c.OverwriteCells.add_missing_cells = True
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r"Warning"
 
-# Seconds per cell. A hidden test cell runs a whole battery (many shapes, gradients,
-# dtypes) and the first cell pays for importing torch.
+# Seconds per cell. The first cell pays for importing torch.
 c.Execute.timeout = 300
+
+# nbgrader's autograde and feedback pipelines, with the course's steps: the notebook runs
+# in a sandboxed kernel; the hidden test cells then get the sandboxed grader's verdict,
+# which is what the gradebook stores and what the released feedback shows
+# (autograder/engine/nbgrader_steps.py). The grader's limits for these runs:
+# c.GraderVerdicts.time_limit = 10.0 (seconds per call), c.GraderVerdicts.memory_limit = 4.0 (GiB).
+c.Autograde.autograde_preprocessors = [
+    "autograder.engine.kernel_sandbox.SandboxedExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "autograder.engine.nbgrader_steps.GraderVerdicts",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "autograder.engine.nbgrader_steps.GraderGradebook",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "autograder.engine.nbgrader_steps.GraderFeedback",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]
