@@ -423,7 +423,8 @@ def test_the_class_report_counts_checks_mistakes_and_who_was_not_graded(batch):
 def test_report_bins_and_cells():
     from autograder.engine import report
 
-    assert report._score_bins(10).tolist() == [x - 0.5 for x in range(12)]
+    assert report._score_bins(10).tolist() == [x / 2 - 0.25 for x in range(22)]
+    assert report._score_bins(100).tolist() == [x * 5 - 2.5 for x in range(22)]
     assert "<td>&lt;b&gt;ann&lt;/b&gt;</td>" in report._table(("student",), [("<b>ann</b>",)])
 
 

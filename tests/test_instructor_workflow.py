@@ -295,8 +295,8 @@ def source_with(nb, grade_id: str, source: str):
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
-    """Chapter 3 through the grader, autograde, the grader again, a manual grade, a
-    one-student regrade, generate_feedback and an overwrite of manual grades."""
+    """Chapter 3 through the grader, autograde, the grader again, a manual grade (and
+    autograde of that student again), generate_feedback and an overwrite of manual grades."""
     root = tmp_path_factory.mktemp("workflow")
     course = make_course(root, WORKFLOW)
     source = nbformat.read(build.source_path(WORKFLOW, course), as_version=4)
@@ -315,7 +315,6 @@ def workflow(tmp_path_factory):
     build.run_nbgrader(course, "autograde", WORKFLOW, "--student", "honest", "--force")
     seen["manual after autograde"] = snapshot(course)
     seen["lms with manual"] = (grading_dir(course, WORKFLOW) / "lms.csv").read_text()
-    seen["one student"] = run_grader(root, "--student", "mutant")
     build.run_nbgrader(course, "generate_feedback", WORKFLOW)
     seen["overwritten"] = run_grader(root, "--overwrite-manual-grades")
     seen["after overwriting"] = snapshot(course)
@@ -379,11 +378,6 @@ def test_manual_grades_survive_and_conflicts_are_reported(workflow):
     assert lms["honest"][1:] == ["10", "7", "10", "27"]
     assert "manual grades overwritten (1)" in seen["overwritten"].stdout
     assert seen["after overwriting"]["honest"]["grades"]["test_self_attention"] == (10, None, False)
-
-
-def test_one_student_is_regraded_alone(workflow):
-    _, seen = workflow
-    assert "(1 graded now, 0 already graded)" in seen["one student"].stdout
 
 
 def test_released_feedback_quotes_the_grader(workflow):

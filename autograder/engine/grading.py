@@ -14,11 +14,11 @@ One run goes through these steps, each a small function below:
 
 A record present for the same assignment and the same notebook is not graded again
 unless ``force`` (which the command line's ``--student`` implies for the students it
-names); a run that is interrupted keeps the records it finished. The seed is kept in ``<out>/run.json`` (private to the
-instructor) so that a run can be reproduced and resumed; feedback never shows it, nor
-reference values, hidden inputs or tests. Inside an nbgrader course the output folder is
-``<course>/grading/<assignment>`` by default, where ``nbgrader autograde`` finds the same
-records and seed (``autograder.engine.nbgrader_steps``).
+names); a run that is interrupted keeps the records it finished. The seed is kept in
+``<out>/run.json`` (private to the instructor) so that a run can be reproduced and resumed;
+feedback never shows it, nor reference values, hidden inputs or tests. Inside an nbgrader
+course the output folder is ``<course>/grading/<assignment>`` by default, where ``nbgrader
+autograde`` finds the same records and seed (``autograder.engine.nbgrader_steps``).
 """
 
 from __future__ import annotations

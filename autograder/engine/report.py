@@ -96,8 +96,9 @@ def score_histograms(battery, records: Sequence[dict], path: Path) -> Path:
 
 
 def _score_bins(maximum: float) -> np.ndarray:
-    """Bins one point wide centred on whole points (at most 20 bins)."""
-    step = max(1.0, np.ceil(maximum / 20))
+    """Bins centred on every half point (checks may be worth half a point), or wider ones
+    for large maxima (at most about 20 bins)."""
+    step = max(0.5, np.ceil(maximum / 10) / 2)
     return np.arange(-step / 2, maximum + step, step)
 
 
