@@ -6,8 +6,9 @@ and goes through ``nbgrader autograde``, the grader, formgrader's gradebook and
 
 - a *leak attack*: a cell that imports every module of ``solutions/`` and of the
   batteries, reads them (and the source notebooks and the gradebook) by path from the
-  notebook's folder upwards and by absolute path, prints what it found, and tries to
-  write itself full marks into the gradebook;
+  notebook's folder upwards and by absolute path, prints what it found, tries to write
+  itself full marks into the gradebook, and leaves links to the solutions in its folder
+  (``generate_feedback`` copies that folder's files into the feedback it releases);
 - a *kernel cheat*: a blank notebook that puts a fake ``autograder.kernel`` in
   ``sys.modules``, so that the hidden test cells claim full marks in the kernel.
 
@@ -88,6 +89,13 @@ for root in roots:
                     print("wrote the gradebook")
                 except Exception as error:
                     print(f"write {path}: {type(error).__name__}")
+
+for index, target in enumerate(KNOWN_FILES):
+    try:
+        os.symlink(target, f"notes_{index}.txt")
+        print("linked")
+    except OSError as error:
+        print(f"link: {type(error).__name__}")
 """
 
 KERNEL_CHEAT = """\
@@ -164,11 +172,14 @@ def gradebook_text(course: Path) -> str:
 def student_outputs(course: Path, assignment: str, student: str) -> dict:
     """What the student can read after Release Feedback, and what formgrader shows."""
     notebook = course / "autograded" / student / assignment / f"{assignment}.ipynb"
-    feedback = course / "feedback" / student / assignment / f"{assignment}.html"
+    feedback = course / "feedback" / student / assignment
     grader = grading_dir(course, assignment) / "feedback" / f"{student}.md"
     return {
         "autograded notebook": notebook.read_text(),
-        "feedback html": feedback.read_text(),
+        "feedback html": (feedback / f"{assignment}.html").read_text(),
+        "released files": "\n".join(
+            path.read_text(errors="replace") for path in feedback.rglob("*") if path.is_file()
+        ),
         "grader feedback": grader.read_text(),
     }
 
@@ -180,7 +191,10 @@ def attacked_course(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"attack-{assignment}")
     course = make_course(root, assignment)
     release = release_of(course, assignment)
+    targets = [root / "solutions" / p.name for p in (REPO / "solutions").glob("ch*.py")]
+    targets += [root / "autograder" / "batteries" / f"{assignment}.py"]
     attack = LEAK_ATTACK.replace("KNOWN_ROOT", repr(str(root)))
+    attack = attack.replace("KNOWN_FILES", repr([str(path) for path in targets]))
     submit(course, assignment, "leaker", with_cell_after_imports(release, attack))
     submit(course, assignment, "cheat", with_cell_after_imports(release, KERNEL_CHEAT))
     build.run_nbgrader(course, "autograde", assignment)
@@ -198,6 +212,7 @@ def test_the_leak_attack_reads_nothing(attacked_course):
     printed = attack_output(course, assignment, "leaker")
     assert "import solutions: ModuleNotFoundError" in printed  # the attack did run
     assert "---" not in printed and "wrote the gradebook" not in printed  # found nothing
+    assert "linked" not in printed and "link: OSError" in printed
 
 
 def attack_output(course: Path, assignment: str, student: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -20,7 +22,12 @@ FUNCTIONS = ("scaled_dot_product_attention", "self_attention")
 
 
 def configured(section: str, name: str) -> list[str]:
-    config = PyFileConfigLoader("nbgrader_config.py", path=str(REPO / "exercises")).load_config()
+    """A setting of the course's configuration (loading it sets PYTHONPATH: undone after)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.path", list(sys.path))
+        patch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+        folder = str(REPO / "exercises")
+        config = PyFileConfigLoader("nbgrader_config.py", path=folder).load_config()
     return list(config[section][name])
 
 
@@ -69,7 +76,9 @@ def test_the_kernel_sandbox_binds_nothing_of_the_course(tmp_path):
     notebook_dir = tmp_path / "autograded" / "ann" / "ch03"
     command = kernel_sandbox.bwrap_kernel_prefix(str(notebook_dir), str(tmp_path / "run"))
     bound = [command[i + 1] for i, arg in enumerate(command) if arg in ("--bind", "--ro-bind")]
-    assert str(notebook_dir) in bound and str(tmp_path / "run") in bound
+    writable = [command[i + 1] for i, arg in enumerate(command) if arg == "--bind"]
+    assert writable == [str(tmp_path / "run")]  # the sockets; the notebook's folder: read-only
+    assert str(notebook_dir) in bound
     for path in bound:  # the Python installation may live inside a checkout, never the course
         assert not (REPO / "solutions").is_relative_to(path), path
         assert not (REPO / "autograder").is_relative_to(path), path

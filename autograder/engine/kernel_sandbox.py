@@ -6,7 +6,9 @@ course's replacement for nbgrader's ``Execute`` step, see ``exercises/nbgrader_c
 the kernel sees only:
 
 - the system and the Python installation, read-only (as the grader's sandbox does);
-- the notebook's own folder under ``autograded/``, where nbgrader runs it;
+- the notebook's own folder under ``autograded/``, where nbgrader runs it, read-only:
+  ``nbgrader generate_feedback`` copies every file of that folder into the feedback it
+  releases, so a link planted there to a solution file would be released in full;
 - a private folder holding the connection file and the kernel's sockets (ZeroMQ over
   Unix sockets: the kernel has no network at all);
 - a small private ``/tmp``, which is also its home.
@@ -43,8 +45,8 @@ KERNEL_TMP_BYTES = 512 * 2**20
 
 
 def bwrap_kernel_prefix(notebook_dir: str, runtime_dir: str) -> list[str]:
-    """The bubblewrap prefix of a kernel that sees ``notebook_dir`` and ``runtime_dir`` only
-    (and the system and Python installation, read-only)."""
+    """The bubblewrap prefix of a kernel that sees ``notebook_dir`` (read-only) and
+    ``runtime_dir`` only (and the system and the Python installation, read-only)."""
     command = [launch.bwrap_path(), "--unshare-net", "--unshare-pid", "--unshare-ipc"]
     command += ["--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--clearenv"]
     command += ["--cap-drop", "ALL"] if os.geteuid() == 0 else ["--unshare-user"]
@@ -56,8 +58,8 @@ def bwrap_kernel_prefix(notebook_dir: str, runtime_dir: str) -> list[str]:
     for path in launch._python_dirs():
         command += [*launch._parents(path), "--ro-bind", path, path]
     command += ["--proc", "/proc", "--dev", "/dev", *launch._gpu_binds()]
-    for path in (runtime_dir, notebook_dir):
-        command += [*launch._parents(path), "--bind", path, path]
+    command += [*launch._parents(runtime_dir), "--bind", runtime_dir, runtime_dir]
+    command += [*launch._parents(notebook_dir), "--ro-bind", notebook_dir, notebook_dir]
     command += ["--chdir", notebook_dir]
     return command
 
