@@ -1,10 +1,9 @@
 """The nbgrader round trip of the chapter 3 exercise, in a throwaway copy of the course.
 
-Release the assignment, validate the source (it passes: there, the hidden test cells run
-the battery in the instructor's kernel) and the release (its tests fail), autograde four
-submissions (the reference, the untouched release, one with a wrong function, and a right
-one that writes warnings on stderr: the kernel runs them in a sandbox and the hidden test
-cells get the sandboxed grader's verdict), and export the grades to CSV.
+Release the assignment, validate the source (it passes) and the release (its tests fail),
+autograde four submissions with the hidden test cells, which run the battery in the
+kernel (the reference, the untouched release, one with a wrong function, and a right one
+that writes warnings on stderr), and export the grades to CSV.
 """
 
 import csv
@@ -47,9 +46,8 @@ STUDENTS = ("correct", "blank", "mutant", "warns")
 def make_course(root: Path) -> Path:
     """A copy of the course at ``root/exercises``, beside links to the trusted packages.
 
-    The copied ``nbgrader_config.py`` loads the grader's steps from its parent folder,
-    ``root``, and puts it on the instructor's kernels' PYTHONPATH (for ``validate``), so
-    ``root`` gets the layout of the repository.
+    The copied ``nbgrader_config.py`` puts its parent folder, ``root``, on the kernels'
+    PYTHONPATH, so ``root`` gets the layout of the repository.
     """
     course = root / "exercises"
     course.mkdir(parents=True)
