@@ -3,13 +3,56 @@
 # nbgrader round trips, and the book build (warnings and cell errors fail it).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-# The grader's strongest isolation needs bubblewrap; install it where we can.
-if ! command -v bwrap >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 ||
-            echo "warning: could not install bubblewrap; sandbox tests run at the weaker level" >&2
+# The grader's strongest isolation needs bubblewrap, which only root can install and which
+# needs unprivileged user namespaces when it runs as anyone else. Install it where we can;
+# elsewhere, say what to ask an administrator for.
+find_bwrap() { PATH=/usr/bin:/bin:/usr/local/bin command -v bwrap || true; } # as the grader does
+
+bwrap_fails() { # prints why bubblewrap cannot start a sandbox like the grader's; silent if it can
+    local as_user=() out
+    [ "$(id -u)" = 0 ] || as_user=(--unshare-user)
+    out="$("$(find_bwrap)" "${as_user[@]}" --unshare-pid --unshare-net --die-with-parent \
+        --ro-bind / / --proc /proc --dev /dev true 2>&1)" && return 0
+    echo "${out:-exit status $?}"
+}
+
+userns_setting() { # the sysctl that turns on unprivileged user namespaces, where one is off
+    if [ "$(cat /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null)" = 0 ]; then
+        echo "kernel.unprivileged_userns_clone=1"
+    elif [ "$(cat /proc/sys/kernel/apparmor_restrict_unprivileged_userns 2>/dev/null)" = 1 ]; then
+        echo "kernel.apparmor_restrict_unprivileged_userns=0"
+    elif [ "$(cat /proc/sys/user/max_user_namespaces 2>/dev/null)" = 0 ]; then
+        echo "user.max_user_namespaces=15000"
+    fi
+}
+
+if [ -z "$(find_bwrap)" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 ||
+        echo "warning: could not install bubblewrap with apt-get" >&2
+fi
+without_it="Until then the sandbox tests that need it are skipped, and the grader has only its
+weaker process level (README.md, \"What the isolation protects\")."
+if [ -z "$(find_bwrap)" ]; then
+    cat >&2 <<MESSAGE
+warning: bubblewrap (bwrap) is not installed, and installing it needs root. Ask an administrator
+for it: \`apt-get install bubblewrap\` (Debian, Ubuntu; \`dnf install bubblewrap\` on Fedora).
+$without_it
+MESSAGE
+elif why="$(bwrap_fails)" && [ -n "$why" ]; then
+    setting="$(userns_setting)"
+    if [ -n "$setting" ] && [ "$(id -u)" != 0 ]; then
+        cat >&2 <<MESSAGE
+warning: bubblewrap cannot start a sandbox: this machine has unprivileged user namespaces turned
+off. Ask an administrator for \`sysctl -w $setting\`, kept across reboots by
+\`echo $setting > /etc/sysctl.d/60-bubblewrap.conf\`.
+$without_it
+MESSAGE
     else
-        echo "warning: bubblewrap (bwrap) is not installed; sandbox tests run at the weaker level" >&2
+        cat >&2 <<MESSAGE
+warning: bubblewrap cannot start a sandbox here (bwrap says: ${why//$'\n'/ }). The kernel, or the
+security policy of the container this runs in, refuses the namespaces it needs.
+$without_it
+MESSAGE
     fi
 fi
 
