@@ -30,27 +30,28 @@ if [ -z "$(find_bwrap)" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null
     (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 ||
         echo "warning: could not install bubblewrap with apt-get" >&2
 fi
-without_it="Until then the sandbox tests that need it are skipped, and the grader has only its
+without_it="Until then, the sandbox tests that need it are skipped and the grader has only its
 weaker process level (README.md, \"What the isolation protects\")."
 if [ -z "$(find_bwrap)" ]; then
     cat >&2 <<MESSAGE
-warning: bubblewrap (bwrap) is not installed, and installing it needs root. Ask an administrator
-for it: \`apt-get install bubblewrap\` (Debian, Ubuntu; \`dnf install bubblewrap\` on Fedora).
+warning: bubblewrap (bwrap) is not installed, and installing it needs root. Ask an administrator:
+    apt-get install bubblewrap    # Debian, Ubuntu; on Fedora: dnf install bubblewrap
 $without_it
 MESSAGE
 elif why="$(bwrap_fails)" && [ -n "$why" ]; then
     setting="$(userns_setting)"
     if [ -n "$setting" ] && [ "$(id -u)" != 0 ]; then
         cat >&2 <<MESSAGE
-warning: bubblewrap cannot start a sandbox: this machine has unprivileged user namespaces turned
-off. Ask an administrator for \`sysctl -w $setting\`, kept across reboots by
-\`echo $setting > /etc/sysctl.d/60-bubblewrap.conf\`.
+warning: bubblewrap cannot start a sandbox: unprivileged user namespaces are turned off on this
+machine. Ask an administrator:
+    sysctl -w $setting
+    echo $setting > /etc/sysctl.d/60-bubblewrap.conf    # keeps it after a reboot
 $without_it
 MESSAGE
     else
         cat >&2 <<MESSAGE
-warning: bubblewrap cannot start a sandbox here (bwrap says: ${why//$'\n'/ }). The kernel, or the
-security policy of the container this runs in, refuses the namespaces it needs.
+warning: bubblewrap cannot start a sandbox here (bwrap says: ${why//$'\n'/ }).
+The kernel, or the security policy of a container this runs in, refuses the namespaces it needs.
 $without_it
 MESSAGE
     fi
