@@ -67,11 +67,15 @@ pick_python() {
         done
         candidates+=(python3 python)
     fi
+    local seen=" " path
     for candidate in "${candidates[@]}"; do
-        if ! command -v "$candidate" >/dev/null 2>&1; then
+        if ! path="$(command -v "$candidate" 2>/dev/null)"; then
             [ -z "${PYTHON:-}" ] || PY_NOTES+="  $candidate: not found"$'\n'
             continue
         fi
+        path="$(readlink -f "$path" 2>/dev/null || echo "$path")"
+        [[ "$seen" != *" $path "* ]] || continue # python3 is often python3.X under another name
+        seen+="$path "
         if ! line="$("$candidate" -I -c "$DESCRIBE" 2>/dev/null)"; then
             PY_NOTES+="  $(command -v "$candidate"): is not a working CPython 3"$'\n'
             continue
