@@ -114,7 +114,10 @@ wheelhouse_size() { du -sh "$WHEELHOUSE" | cut -f1; }
 echo "Checking ${#found[@]} Pythons in $CHECK_DIR; wheels in $WHEELHOUSE ($(wheelhouse_size))"
 
 ok() { if [ "$1" = 0 ]; then echo yes; else echo NO; fi; }
-row() { printf '%-46s %-8s %8s %-6s %7s %-6s %7s\n' "$@"; }
+row() { printf '%-46s %-8s %8s %-6s %7s %-6s %7s  %s\n' "$@"; }
+torch_build() { # as the smoke test printed it
+    sed -n 's/^torch built for CUDA: None$/CPU/p; s/^torch built for CUDA: \(.*\)$/CUDA \1/p' "$1"
+}
 
 rows=() failures=0
 for entry in "${found[@]}"; do
@@ -144,12 +147,13 @@ for entry in "${found[@]}"; do
     [ $setup = 0 ] || tail -n 20 "$copy.setup.log"
     [ $setup != 0 ] || [ $smoke = 0 ] || tail -n 20 "$copy.smoke.log"
     rows+=("$(row "$exe" "$version" "$download_s" "$(ok $setup)" "$setup_s" \
-        "$([ $setup = 0 ] && ok $smoke || echo -)" "$smoke_s")")
+        "$([ $setup = 0 ] && ok $smoke || echo -)" "$smoke_s" \
+        "$(torch_build "$copy.smoke.log" 2>/dev/null)")")
     [ "${KEEP:-0}" = 1 ] || rm -rf "$copy/.venv"
 done
 
 echo
-row python version download set-up seconds smoke seconds
+row python version download set-up seconds smoke seconds torch
 printf '%s\n' "${rows[@]}"
 echo "(seconds: wall-clock; download: filling the wheel cache $WHEELHOUSE, now $(wheelhouse_size))"
 exit $((failures > 0))
