@@ -94,8 +94,13 @@ for version in $PYTHONS; do
     if [ -f "$lock" ]; then
         cp "$lock" "$WORK/lock.txt" # uv keeps the pins of an existing output file where it can
     fi
-    "$UV" pip compile --quiet --python-version "$version.0" --python-platform "$PLATFORM" \
-        --no-header "$@" requirements.txt -o "$WORK/lock.txt"
+    if ! "$UV" pip compile --quiet --python-version "$version.0" --python-platform "$PLATFORM" \
+        --no-header "$@" requirements.txt -o "$WORK/lock.txt"; then
+        echo "No lock for Python $version (uv says why above). If a pin in requirements.txt has" \
+            "no release for $version, mark it '; python_version >= \"3.11\"' (or newer) and add" \
+            "the last release that supports $version, as requirements.txt does for 3.10." >&2
+        exit 1
+    fi
     python3 -c "$FILTER" "$WORK/lock.txt" "$WORK/torch-$version.txt" "$version" >"$WORK/final.txt"
     mv "$WORK/final.txt" "$lock"
 done
