@@ -113,6 +113,11 @@ LOCK="requirements/lock-py$PY_MINOR.txt"
 python_id="$PY_VERSION $PY_BASE"
 wanted="$(sha256sum "$ROOT/$LOCK" | cut -d' ' -f1) $python_id"
 echo "Python $PY_VERSION ($PY_EXE), environment in .venv/" >&2
+if [ "$(sed -n 's/^# requirements.txt sha256: //p' "$ROOT/$LOCK")" != \
+    "$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)" ]; then
+    echo "warning: requirements.txt has changed since $LOCK was made; the environment follows" \
+        "the lock until \`bash scripts/lock.sh\` makes it again." >&2
+fi
 
 if [ -e "$VENV" ]; then
     made_with="$("$VENV/bin/python" -I -c 'import platform, sys

@@ -33,13 +33,13 @@ trap 'rm -rf "$WORK"' EXIT
 # Drop the packages that only torch's Linux-only requirements bring (its CUDA libraries and
 # triton): torch pins them itself, a CPU build of torch needs none, and they are platform-specific.
 # Arguments: the compiled lock (with uv's "# via" notes), torch's universal resolution (with
-# markers), the Python version.
+# markers), the Python version, the hash of requirements.txt (scripts/env.sh checks it).
 FILTER='
 import re
 import sys
 import textwrap
 
-lock_path, universal_path, version = sys.argv[1:4]
+lock_path, universal_path, version, made_from = sys.argv[1:5]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -76,6 +76,7 @@ while True:
 
 print(f"# Lock for CPython {version} (any {version}.x) on Linux x86_64, made by `bash scripts/lock.sh`")
 print("# from requirements.txt: do not edit it, edit requirements.txt and run that command.")
+print(f"# requirements.txt sha256: {made_from}")
 left_out = "Left out: the CUDA libraries of torch, which torch itself pins on Linux and a CPU "
 left_out += "build of torch does not need: " + ", ".join(sorted(dropped)) + "."
 print(textwrap.fill(left_out, 96, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=0))
@@ -101,7 +102,8 @@ for version in $PYTHONS; do
             "the last release that supports $version, as requirements.txt does for 3.10." >&2
         exit 1
     fi
-    python3 -c "$FILTER" "$WORK/lock.txt" "$WORK/torch-$version.txt" "$version" >"$WORK/final.txt"
+    python3 -c "$FILTER" "$WORK/lock.txt" "$WORK/torch-$version.txt" "$version" \
+        "$(sha256sum requirements.txt | cut -d' ' -f1)" >"$WORK/final.txt"
     mv "$WORK/final.txt" "$lock"
 done
 
