@@ -29,11 +29,11 @@ from helpers import (
     assert_unmodified,
     cuda_dtypes,
     move,
+    moved_module,
     randn,
     tensors_of,
     tree_map,
 )
-from module_helpers import moved_module
 from torch import nn
 
 from autograder.contracts import ASSIGNMENTS
