@@ -175,11 +175,12 @@ class Checks:
             lines += _wrapped(f"Got {tuple(got.shape)}: {numbers}")
         return passed
 
-    def call(self, function, *args, mistake=None, hint=None, error_contains="", **kwargs):
+    def call(self, function, *args, mistake=None, hint=None, error_says="", **kwargs):
         """``function(*args, **kwargs)``, or a FAIL that ends the cell if it raises.
 
         ``mistake`` (a known mistake's name) or ``hint`` explains an error whose message
-        contains ``error_contains`` (by default, any error).
+        contains ``error_says`` (by default, any error): give them where the cause of an
+        error is clear.
         """
         name = getattr(function, "__name__", type(function).__name__)
         inputs = _tensors([*args, *kwargs.values()])
@@ -192,7 +193,7 @@ class Checks:
         except Exception as error:
             lines = [*_wrapped(f"Called with {_arguments(function, args, kwargs)}.")]
             lines += _wrapped(f"It raised {type(error).__name__}: {_shorten(error)}")
-            lines += self._explain(name, error, mistake, hint, error_contains)
+            lines += self._explain(name, error, mistake, hint, error_says)
             what = f"{name} runs without an error"
             if isinstance(error, NotImplementedError) and not self._needed_in(error, name):
                 what, lines = f"{name} is written", _wrapped(NOT_WRITTEN)
@@ -214,13 +215,13 @@ class Checks:
         raised_in = _raised_in(error)
         return next((n for n in self.needs if n != name and n in raised_in), None)
 
-    def _explain(self, name, error, mistake, hint, error_contains) -> list[str]:
+    def _explain(self, name, error, mistake, hint, error_says) -> list[str]:
         """Why the call raised, where that is clear."""
         needed = self._needed_in(error, name)
         if needed:
             part = PARTS.get(needed, needed)
             return _wrapped(f"The error comes from {needed}: fix {part} first.")
-        if error_contains in str(error):
+        if error_says in str(error):
             return _hint_lines(mistake, hint)
         return []
 
