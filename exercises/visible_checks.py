@@ -117,7 +117,8 @@ class Checks:
     """The checks of one function, printed one line each; ``done()`` raises on a failure.
 
     ``needs`` names the functions this one builds on: when one of them has not passed its
-    own checks, the cell says which part to fix (or run) first.
+    own checks, the cell says which part to fix (or run) first, and names no known mistake
+    of this function (its outputs may be wrong only because of that part).
     """
 
     def __init__(self, function: str, needs: str | tuple[str, ...] = ()):
@@ -145,7 +146,7 @@ class Checks:
             passed, error = False, raised
         print(f"{'PASS' if passed else 'FAIL'}  {what}")
         if not passed:
-            lines = _hint_lines(mistake, hint)
+            lines = _hint_lines(None if self.notes else mistake, hint)
             if error is not None:
                 lines += _wrapped(f"(The check raised {type(error).__name__}: {_shorten(error)})")
             self.failures.append((what, lines))
@@ -167,12 +168,15 @@ class Checks:
             return passed
         lines = self.failures[-1][1]
         for mistake, value in (known or {}).items():
-            if close(got, value, atol):
+            if close(got, value, atol) and not self.notes:
                 lines[:] = _hint_lines(mistake, None)
                 break
-        if got.numel() <= 8 and not got.is_meta:
+        shape = torch.as_tensor(expected).shape
+        if got.shape != shape and len(shape):
+            lines += _wrapped(f"Got shape {tuple(got.shape)}, expected {tuple(shape)}.")
+        elif got.numel() <= 8 and not got.is_meta:
             numbers = ", ".join(f"{x:.6g}" for x in got.detach().double().flatten().tolist())
-            lines += _wrapped(f"Got {tuple(got.shape)}: {numbers}")
+            lines += _wrapped(f"Got {numbers}.")
         return passed
 
     def call(self, function, *args, mistake=None, hint=None, error_says="", **kwargs):
@@ -238,12 +242,11 @@ class Checks:
             return
         failed = f"{len(self.failures)} of {self.count} checks" if self.count > 1 else "1 check"
         lines = [f"{failed} of {self.function} failed."]
+        lines += [f"NOTE  {note}" for note in self.notes]  # the likely cause comes first
         for what, hint in self.failures:
             lines += [f"FAIL  {what}", *hint]
         if stopped:
             lines += _wrapped("(The checks after this error did not run.)")
-        for note in self.notes:
-            lines += _wrapped(f"Note: {note}")
         raise ChecksFailed("\n".join(lines)) from None
 
 
