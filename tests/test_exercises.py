@@ -257,6 +257,14 @@ def checks_cell(assignment: str, name: str):
     return cells_by_grade_id(source(assignment))[f"check_{name}"]
 
 
+def kernel_before_checks(assignment: str, name: str) -> Kernel:
+    """The reference's namespace after the check cells before ``name``'s, as after Run All."""
+    namespace = kernel(source(assignment))
+    for earlier in names_of(assignment)[: names_of(assignment).index(name)]:
+        namespace.run(checks_cell(assignment, earlier))
+    return namespace
+
+
 def failure_of(namespace: Kernel, cell) -> str:
     """The message of the ChecksFailed that ``cell`` raises, after what it printed."""
     with pytest.raises(AssertionError) as raised:
@@ -277,9 +285,7 @@ def assert_lines_fit(text: str) -> None:
 
 @pytest.mark.parametrize("assignment, name", per_function())
 def test_checks_pass_on_the_reference_within_seconds(assignment, name):
-    namespace = kernel(source(assignment))
-    for earlier in names_of(assignment)[: names_of(assignment).index(name)]:
-        namespace.run(checks_cell(assignment, earlier))
+    namespace = kernel_before_checks(assignment, name)
     printed, seconds = namespace.run(checks_cell(assignment, name))
     assert f"checks of {name} pass." in printed
     assert "FAIL" not in printed and "NOTE" not in printed
@@ -307,7 +313,7 @@ def known_mistakes():
 def test_every_known_mistake_fails_its_checks_and_is_named_where_the_cell_names_it(
     assignment, mutant
 ):
-    namespace = kernel(source(assignment))
+    namespace = kernel_before_checks(assignment, mutant.function)
     namespace[mutant.function] = mutant.implementation
     cell = checks_cell(assignment, mutant.function)
     message = failure_of(namespace, cell)
@@ -381,7 +387,7 @@ def test_checks_catch_the_generic_faults(assignment, name, fault):
     reason = build.exercise_settings(assignment).get("not_caught", {}).get(name, {}).get(fault)
     if reason:
         pytest.skip(reason)
-    namespace = kernel(source(assignment))
+    namespace = kernel_before_checks(assignment, name)
     applied = []
     namespace[name] = faulty(namespace[name], fault, applied)
     cell = checks_cell(assignment, name)
