@@ -34,6 +34,10 @@ PARTS: dict[str, str] = {}
 
 _LAST_RUN: dict[str, tuple[object, bool]] = {}  # function -> (definition checked, passed)
 
+# The first operation on the meta device loads a good part of torch (seconds): do it here,
+# once, so that every check cell stays quick.
+(torch.ones(1, 1, device="meta") @ torch.ones(1, 1, device="meta") / 2.0).sum()
+
 
 class ChecksFailed(AssertionError):
     """Some checks of a function failed: shown as the list of failures, not a traceback."""
