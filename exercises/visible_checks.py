@@ -1,17 +1,20 @@
-"""The checks that this notebook's test cells run: run this cell once, then carry on.
+"""The checks that this notebook's check cells run: run this cell once, then carry on.
 
-Each test cell makes ``check = Checks("<function>")`` and then, one line per check,
+Each check cell makes ``check = Checks("<function>")``, then one line per check:
 
     out, weights = check.call(scaled_dot_product_attention, q, k, v)  # runs your function
-    check("each row of weights sums to 1", lambda: close(weights.sum(-1), 1.0))
+    check("weights have shape (1, 1, 2)", lambda: weights.shape == (1, 1, 2))
+    check.values("each row of weights sums to 1", lambda: weights.sum(-1), 1.0)
     check.done()
 
-``check.call`` runs your function; if it raises, the cell stops and says why (with the
-likely mistake where the error makes it clear). It also notices inputs modified in place.
-``check(what, test)`` prints PASS or FAIL and what was checked. ``check.done()`` raises
-an AssertionError that lists the failed checks with a hint each, so that the Validate
-button reports them too. The hidden tests, run when your notebook is graded, check much
-more (many shapes and seeds, gradients, dtypes, devices).
+``check.call`` runs your function: if it raises, the cell stops there and says why (with
+the likely mistake where the error makes it clear); it also notices inputs modified in
+place. ``check`` and ``check.values`` print PASS or FAIL and what was checked; a failed
+value check shows what your function gave and, when those are a known mistake's values,
+names the mistake. ``check.done()`` raises an AssertionError that lists the failed checks
+with a hint each, so that the Validate button reports them too. The hidden tests, run
+when your notebook is graded, check much more (many shapes and seeds, gradients, dtypes,
+devices).
 """
 
 import inspect

@@ -512,3 +512,28 @@ def test_a_class_answer_shows_init_and_leaves_forward_to_the_student(tmp_path):
     with pytest.raises(NotImplementedError):
         layer(torch.ones(2, 3))
     assert "x * self.scale" not in stub
+
+
+def test_check_helper_reports_in_short_lines_and_raises_an_assertion_error():
+    helper = {}
+    exec(build.check_helper_source({"m": "the sentence of m."}, {"f": "part 1"}), helper)
+    check = helper["Checks"]("f")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(AssertionError) as raised:
+        check("a check that holds", lambda: True)
+        check.values("a value check", torch.tensor([0.5, 0.5]), [1.0, 0.0], known={"m": 0.5})
+        check("a check that raises", lambda: 1 / 0, hint="a hint " * 30)
+        check.done()
+    assert out.getvalue().splitlines() == [
+        "PASS  a check that holds",
+        "FAIL  a value check",
+        "FAIL  a check that raises",
+    ]
+    shown = raised.value._render_traceback_()  # what IPython shows instead of a traceback
+    assert shown[0] == "ChecksFailed: 2 of 3 checks of f failed."
+    text = flat("\n".join(shown))
+    assert "Likely mistake: the sentence of m. Got 0.5, 0.5." in text
+    assert any("ZeroDivisionError" in line for line in shown)
+    assert_lines_fit("\n".join(shown))
+    assert helper["close"](torch.tensor([float("nan")]), [float("nan")])
+    assert not helper["close"](torch.ones(2), [1.0, 1.0, 1.0])
