@@ -104,12 +104,14 @@ class Vocabulary:
         return [self.ids[token] for token in tokens]
 
     def decode(self, ids) -> list[str]:
-        """Tokens for ``ids`` (a list or a 1-D tensor), stopping before the first ``<eos>``."""
+        """Tokens for ``ids`` (a list or a 1-D tensor), without ``<pad>`` and ``<bos>``, up to
+        the first ``<eos>``."""
         tokens = []
         for i in torch.as_tensor(ids).tolist():
             if self.tokens[i] == EOS:
                 break
-            tokens.append(self.tokens[i])
+            if self.tokens[i] not in (PAD, BOS):
+                tokens.append(self.tokens[i])
         return tokens
 
 
