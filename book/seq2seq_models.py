@@ -49,12 +49,12 @@ class Encoder(nn.Module):
             lengths: (B,) long real lengths (>= 1).
 
         Returns:
-            states: (B, S, H) the GRU state after each word; those at padded
-                positions are meaningless and must be masked by whoever reads them.
+            states: (B, S, H) the GRU state after each word; those at
+                padded positions are meaningless: whoever reads them masks them.
             last: (B, H) each sequence's state after its last real word.
         """
         states, _ = self.rnn(self.embed(source))  # (B, S, H)
-        # The GRU runs left to right: at position length-1 it has not seen the pads.
+        # Left to right: at position length-1 the GRU has not seen the pads.
         rows = torch.arange(source.shape[0], device=source.device)  # (B,)
         last = states[rows, lengths.to(source.device) - 1]  # (B, H)
         return states, last
