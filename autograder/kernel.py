@@ -19,7 +19,6 @@ shapes, dtypes and error sizes, never reference values or hidden inputs.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import inspect
 import os
@@ -28,16 +27,17 @@ import warnings
 from collections.abc import Mapping
 
 from autograder.batteries import load_battery
-from autograder.battery import (
+from autograder.kit.battery import (
     Battery,
     Outcome,
+    apply_gates,
     forbidden_in_source,
     judge_check,
     make_plan,
     one_torch_thread,
     run_reference,
 )
-from autograder.executor import execute_call, install_tripwires, remove_tripwires
+from autograder.runtime.executor import execute_call, install_tripwires, remove_tripwires
 
 
 class _Sink:
@@ -62,9 +62,9 @@ def grade_function(assignment_id: str, function: str, namespace: Mapping, seed=N
     battery = load_battery(assignment_id)
     if function not in battery.functions:
         raise ValueError(f"{assignment_id} has no contract function {function!r}")
-    checks = tuple(check for check in battery.checks if check.function == function)
     own_names = battery.functions
-    battery = dataclasses.replace(battery, checks=checks)
+    battery = battery.only(function)
+    checks = battery.checks
     with _quiet():
         try:
             outcomes = _grade(battery, function, namespace, _seed(seed), own_names)
@@ -122,7 +122,7 @@ def _grade(battery: Battery, function: str, namespace: Mapping, seed: int, own_n
         except Exception:  # a result too strange to compare is a wrong result
             outcome = Outcome(check, False, "its result could not be checked")
         outcomes.append(outcome)
-    return outcomes
+    return apply_gates(battery, outcomes)
 
 
 def _forbidden_in_function(namespace, function: str, paths, own_names) -> list[str]:

@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 from leaks import leak_markers, reference_code_lines
 
-from autograder import grading
+from autograder.engine import grading
+from autograder.engine.notebook import load_notebook
 from autograder.mutants import ch03_self_attention as mutants
-from autograder.notebook import load_notebook
 from autograder.sandbox import Limits, Worker
-from autograder.sandbox_launch import bwrap_works
+from autograder.sandbox.launch import bwrap_works
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 import autograder.batteries.ch03_self_attention as battery_module
 import autograder.mutants.ch03_self_attention as mutants_module
 from autograder.batteries import UnknownAssignment, available, load_battery
-from autograder.battery import judge_plan, make_plan, run_reference, scores_by_function
-from autograder.executor import execute_call
 from autograder.kernel import grade_function
+from autograder.kit.battery import judge_plan, make_plan, run_reference, scores_by_function
 from autograder.mutants.ch03_self_attention import MUTANTS
+from autograder.runtime.executor import execute_call
 
 ASSIGNMENT = "ch03_self_attention"
 BATTERY = load_battery(ASSIGNMENT)

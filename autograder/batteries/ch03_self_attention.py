@@ -15,10 +15,10 @@ from functools import partial
 
 import torch
 
-from autograder.battery import Battery, Check
-from autograder.executor import ACCELERATOR, CALL_DEVICE, Call, Result
-from autograder.judges import TOLERANCES, match_reference, tensor_problem
+from autograder.kit.battery import Battery, Check
+from autograder.kit.judges import TOLERANCES, match_reference, tensor_problem
 from autograder.mutants.ch03_self_attention import MUTANTS
+from autograder.runtime.executor import ACCELERATOR, CALL_DEVICE, Call, Result
 
 LEAK_MARKER = "LEAK-MARKER-autograder-ch03-cbb3146e"
 

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from autograder.battery import Mutant
+from autograder.kit.battery import Mutant
 
 LEAK_MARKER = "LEAK-MARKER-autograder-ch03-71ce070a"
 

@@ -106,6 +106,26 @@ class Module:
 
 
 @dataclass(frozen=True)
+class Callback:
+    """A callable argument described as data; the process that runs the call builds it.
+
+    The grader never sends code: it names a ``kind`` of callable and its tensors, and the
+    executing process builds the function, counts its calls and records the first argument
+    of each (``Result.calls``, ``Result.recorded``). Kinds:
+
+    - ``"rnn"``: a recurrent decoder step, ``step(prev_tokens (B,), h (B, H)) ->
+      (logits (B, V), h)`` with ``h = tanh(embedding[prev_tokens] + h @ W_hh.T)`` and
+      ``logits = h @ W_out.T``; tensors ``embedding`` (V, H), ``W_hh`` (H, H), ``W_out`` (V, H).
+    - ``"scripted"``: call i returns ``(logits[i], h + 1)`` whatever it is given (the last
+      row again past the end); tensor ``logits`` (calls, B, V).
+    """
+
+    name: str  # what feedback calls it, e.g. "step"
+    kind: str
+    tensors: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Call:
     """One call of a contract function.
 
@@ -146,6 +166,8 @@ class Result:
     inputs_after: dict = field(default_factory=dict)
     error: str | None = None
     forbidden: list = field(default_factory=list)
+    calls: dict = field(default_factory=dict)  # callback name -> number of calls
+    recorded: dict = field(default_factory=dict)  # callback name -> first arguments, stacked
 
 
 def upstream_weights(output: torch.Tensor, seed: int, index: int) -> torch.Tensor:
@@ -155,7 +177,10 @@ def upstream_weights(output: torch.Tensor, seed: int, index: int) -> torch.Tenso
     return weights.to(dtype=output.dtype, device=output.device)
 
 
-def _prepare(value, device: str, dtype, grad: bool):
+def _prepare(value, device: str, dtype, grad: bool, callbacks=None):
+    if isinstance(value, Callback):
+        tensors = {k: _prepare(t, device, dtype, False) for k, t in value.tensors.items()}
+        return _build_callback(value, tensors, callbacks)
     if isinstance(value, torch.Tensor):
         tensor = value.detach()
         if dtype is not None and tensor.is_floating_point():
@@ -165,10 +190,41 @@ def _prepare(value, device: str, dtype, grad: bool):
             tensor.requires_grad_(True)
         return tensor
     if isinstance(value, (list, tuple)):
-        return type(value)(_prepare(item, device, dtype, grad) for item in value)
+        return type(value)(_prepare(item, device, dtype, grad, callbacks) for item in value)
     if isinstance(value, str) and value == CALL_DEVICE:
         return device
     return value
+
+
+def _build_callback(spec: Callback, tensors: dict, log: dict | None):
+    """The live function of ``spec``; each call's first argument is appended to ``log``."""
+    arguments = [] if log is None else log.setdefault(spec.name, [])
+
+    def rnn(prev_tokens, h):
+        arguments.append(prev_tokens.detach().clone())
+        h = torch.tanh(tensors["embedding"][prev_tokens] + h @ tensors["W_hh"].T)  # (B, H)
+        return h @ tensors["W_out"].T, h  # (B, V), (B, H)
+
+    def scripted(prev_tokens, h):
+        arguments.append(prev_tokens.detach().clone())
+        logits = tensors["logits"]  # (calls, B, V)
+        return logits[min(len(arguments), len(logits)) - 1], h + 1
+
+    builders = {"rnn": rnn, "scripted": scripted}
+    if spec.kind not in builders:
+        raise ValueError(f"unknown kind of callback {spec.kind!r}")
+    return builders[spec.kind]
+
+
+def _recorded(log: dict) -> tuple[dict, dict]:
+    """(calls per callback, the first arguments of its calls stacked when they stack)."""
+    calls = {name: len(arguments) for name, arguments in log.items()}
+    recorded = {}
+    for name, arguments in log.items():
+        shapes = {(tuple(a.shape), a.dtype) for a in arguments if isinstance(a, torch.Tensor)}
+        if arguments and len(shapes) == 1 and all(isinstance(a, torch.Tensor) for a in arguments):
+            recorded[name] = torch.stack(arguments)
+    return calls, recorded
 
 
 def _flatten(value, outputs: list) -> str:
@@ -220,8 +276,9 @@ def _execute(namespace: Mapping, call: Call, result: Result) -> None:
     target = namespace.get(call.function)
     if target is None:
         raise NameError(f"{call.function} is not defined")
-    args = _prepare(call.args, device, call.dtype, call.grad)
-    kwargs = {k: _prepare(v, device, call.dtype, call.grad) for k, v in call.kwargs.items()}
+    log: dict = {}
+    args = _prepare(call.args, device, call.dtype, call.grad, log)
+    kwargs = {k: _prepare(v, device, call.dtype, call.grad, log) for k, v in call.kwargs.items()}
     inputs = _named_inputs(args, kwargs)
     parameters = {}
     torch.manual_seed(call.seed)
@@ -238,6 +295,7 @@ def _execute(namespace: Mapping, call: Call, result: Result) -> None:
         parameters = dict(target.named_parameters()) if call.grad else {}
         target = getattr(target, call.module.method)
     value = target(*args, **kwargs)
+    result.calls, result.recorded = _recorded(log)
     outputs: list = []
     result.structure = _flatten(value, outputs)
     if len(outputs) > MAX_OUTPUTS:

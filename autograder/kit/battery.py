@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from autograder.executor import Call, Result, execute_call
+from autograder.runtime.executor import Call, Result, execute_call
 
 # A judge returns None when the student's results are right, else a short reason
 # (in the student's terms, never showing reference values or hidden inputs).
@@ -33,7 +33,13 @@ Judge = Callable[[Sequence[Call], Sequence[Result], Sequence[Result]], "str | No
 
 @dataclass(frozen=True)
 class Check:
-    """One named, seeded case of a battery."""
+    """One named, seeded case of a battery.
+
+    A ``gated`` check does not compare values with the reference (shapes on the meta
+    device, a property such as permutation equivariance): it pays only once the function's
+    basic check (its first check that is not gated) passes, so that an answer with the
+    right shapes and wrong values earns nothing.
+    """
 
     name: str
     function: str
@@ -41,6 +47,7 @@ class Check:
     calls: Callable[[torch.Generator], Sequence[Call]]
     message: str
     judge: Judge
+    gated: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,15 +60,25 @@ class Mutant:
     implementation: Callable
 
 
+class BatteryError(ValueError):
+    """A battery that contradicts itself or its contracts (raised when it is built)."""
+
+
 @dataclass(frozen=True)
 class Battery:
-    """Everything the grader knows about one assignment."""
+    """Everything the grader knows about one assignment; it checks itself when built."""
 
     assignment: str
     reference: str  # module path of the reference solutions
     checks: tuple[Check, ...]
-    forbidden: Mapping[str, tuple[str, ...]]  # contract name -> forbidden dotted paths
+    forbidden: Mapping[str, tuple[str, ...]]  # contract name -> forbidden operation names
     mutants: tuple[Mutant, ...] = ()
+    points: Mapping[str, float] | None = None  # contract name -> points; None: not checked
+
+    def __post_init__(self):
+        problems = battery_problems(self)
+        if problems:
+            raise BatteryError(f"battery {self.assignment}: " + "; ".join(problems))
 
     @property
     def functions(self) -> list[str]:
@@ -71,8 +88,56 @@ class Battery:
     def max_score(self, function: str) -> float:
         return sum(check.points for check in self.checks if check.function == function)
 
+    def only(self, function: str) -> Battery:
+        """The part of this battery that grades ``function``."""
+        return Battery(
+            self.assignment,
+            self.reference,
+            tuple(check for check in self.checks if check.function == function),
+            {name: ops for name, ops in self.forbidden.items() if name == function},
+            tuple(mutant for mutant in self.mutants if mutant.function == function),
+            None if self.points is None else {function: self.points[function]},
+        )
+
+    def basic_check(self, function: str) -> Check:
+        """The first check of ``function`` that compares values: the gated ones wait on it."""
+        return next(c for c in self.checks if c.function == function and not c.gated)
+
     def reference_namespace(self) -> dict:
         return vars(importlib.import_module(self.reference))
+
+
+def battery_problems(battery: Battery) -> list[str]:
+    """What is inconsistent in ``battery``: names, points, forbidden lists, mistakes."""
+    problems = []
+    names = [check.name for check in battery.checks]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        problems.append(f"check names used twice: {', '.join(repeated)}")
+    functions = set(battery.functions)
+    for function in functions:
+        if all(c.gated for c in battery.checks if c.function == function):
+            problems.append(f"{function} has only gated checks (nothing compares values)")
+    for what, keys in (
+        ("forbidden", set(battery.forbidden)),
+        ("known mistakes", {mutant.function for mutant in battery.mutants}),
+    ):
+        strangers = keys - functions
+        if strangers:
+            problems.append(f"{what} name no contract: {', '.join(sorted(strangers))}")
+    mutant_names = [(mutant.function, mutant.name) for mutant in battery.mutants]
+    if len(set(mutant_names)) != len(mutant_names):
+        problems.append("two known mistakes of one function share a name")
+    if battery.points is not None:
+        if set(battery.points) != functions:
+            problems.append(
+                f"checks cover {sorted(functions)}, the contracts are {sorted(battery.points)}"
+            )
+        for function, points in battery.points.items():
+            total = battery.max_score(function)
+            if function in functions and abs(total - points) > 1e-9:
+                problems.append(f"{function}'s checks add up to {total:g}, not {points:g}")
+    return problems
 
 
 @dataclass
@@ -169,7 +234,21 @@ def judge_plan(
                 cache=plan.mutant_results,
             )
         )
-    return outcomes
+    return apply_gates(battery, outcomes)
+
+
+def apply_gates(battery: Battery, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Fail every gated check whose function's basic check failed: points for working code."""
+    passed = {outcome.check.name for outcome in outcomes if outcome.passed}
+    gated = []
+    for outcome in outcomes:
+        check = outcome.check
+        basic = battery.basic_check(check.function).name
+        if check.gated and outcome.passed and basic not in passed:
+            reason = f"it counts only once the values are right (check {basic})"
+            outcome = Outcome(check, False, reason)
+        gated.append(outcome)
+    return gated
 
 
 def judge_check(battery, check, calls, results, expected, cache=None) -> Outcome:
