@@ -153,8 +153,8 @@ def _embed(embedding, images, cut=patchify):
 
 @mistake(EMBED, "the class token is put last; it goes first: torch.cat((cls, tokens), dim=1).")
 class EmbeddingClassTokenLast(PatchEmbedding):
-    def forward(self, images):
-        tokens, cls = _tokens(self, images)
+    def forward(self, batch):
+        tokens, cls = _tokens(self, batch)
         return torch.cat((tokens, cls), dim=1) + self.pos_embed
 
 
@@ -164,8 +164,8 @@ class EmbeddingClassTokenLast(PatchEmbedding):
     "on the patches); add all N+1 of them after the concatenation.",
 )
 class EmbeddingPositionsBeforeClassToken(PatchEmbedding):
-    def forward(self, images):
-        tokens, cls = _tokens(self, images)
+    def forward(self, batch):
+        tokens, cls = _tokens(self, batch)
         tokens = tokens + self.pos_embed[:, : tokens.shape[1]]
         return torch.cat((cls, tokens), dim=1)
 
@@ -176,15 +176,15 @@ class EmbeddingPositionsBeforeClassToken(PatchEmbedding):
     "pos_embed to all N+1 tokens.",
 )
 class EmbeddingClassTokenWithoutPosition(PatchEmbedding):
-    def forward(self, images):
-        tokens, cls = _tokens(self, images)
+    def forward(self, batch):
+        tokens, cls = _tokens(self, batch)
         return torch.cat((cls, tokens + self.pos_embed[:, 1:]), dim=1)
 
 
 @mistake(EMBED, "the position embeddings are not added.")
 class EmbeddingNoPositions(PatchEmbedding):
-    def forward(self, images):
-        tokens, cls = _tokens(self, images)
+    def forward(self, batch):
+        tokens, cls = _tokens(self, batch)
         return torch.cat((cls, tokens), dim=1)
 
 
@@ -193,8 +193,8 @@ class EmbeddingNoPositions(PatchEmbedding):
     "the class token is missing: the output has N tokens, it needs N+1, the class token first.",
 )
 class EmbeddingNoClassToken(PatchEmbedding):
-    def forward(self, images):
-        tokens, _ = _tokens(self, images)
+    def forward(self, batch):
+        tokens, _ = _tokens(self, batch)
         return tokens + self.pos_embed[:, 1:]
 
 
@@ -204,8 +204,8 @@ class EmbeddingNoClassToken(PatchEmbedding):
     "expanded to the batch.",
 )
 class EmbeddingZeroClassToken(PatchEmbedding):
-    def forward(self, images):
-        tokens, cls = _tokens(self, images)
+    def forward(self, batch):
+        tokens, cls = _tokens(self, batch)
         return torch.cat((torch.zeros_like(cls), tokens), dim=1) + self.pos_embed
 
 
@@ -215,22 +215,22 @@ class EmbeddingZeroClassToken(PatchEmbedding):
     "as patchify gives them.",
 )
 class EmbeddingChannelsLast(PatchEmbedding):
-    def forward(self, images):
-        return _embed(self, images, _channels_last)
+    def forward(self, batch):
+        return _embed(self, batch, _channels_last)
 
 
 @mistake(EMBED, "the patches are taken in column-major order; patchify's order is row-major.")
 class EmbeddingColumnMajor(PatchEmbedding):
-    def forward(self, images):
-        return _embed(self, images, _column_major)
+    def forward(self, batch):
+        return _embed(self, batch, _column_major)
 
 
 @mistake(EMBED, "the projection's bias is left out: use self.proj(patches), weight and bias.")
 class EmbeddingNoBias(PatchEmbedding):
-    def forward(self, images):
-        patches = patchify(images, self.patch_size)
+    def forward(self, batch):
+        patches = patchify(batch, self.patch_size)
         tokens = patches @ self.proj.weight.T
-        cls = self.cls_token.expand(images.shape[0], -1, -1)
+        cls = self.cls_token.expand(batch.shape[0], -1, -1)
         return torch.cat((cls, tokens), dim=1) + self.pos_embed
 
 
@@ -240,8 +240,8 @@ class EmbeddingNoBias(PatchEmbedding):
     "embedding is not scaled.",
 )
 class EmbeddingScaled(PatchEmbedding):
-    def forward(self, images):
-        tokens, cls = _tokens(self, images)
+    def forward(self, batch):
+        tokens, cls = _tokens(self, batch)
         tokens = torch.cat((cls, tokens), dim=1) * math.sqrt(tokens.shape[-1])
         return tokens + self.pos_embed
 
@@ -262,8 +262,8 @@ def _encoded(vit, images):
     "class token, x[:, 0].",
 )
 class ViTMeanOfTokens(ViT):
-    def forward(self, images):
-        return self.head(self.norm(_encoded(self, images)).mean(dim=1))
+    def forward(self, batch):
+        return self.head(self.norm(_encoded(self, batch)).mean(dim=1))
 
 
 @mistake(
@@ -271,20 +271,20 @@ class ViTMeanOfTokens(ViT):
     "the logits come from the mean of the patch tokens; classify the class token, x[:, 0].",
 )
 class ViTMeanOfPatches(ViT):
-    def forward(self, images):
-        return self.head(self.norm(_encoded(self, images))[:, 1:].mean(dim=1))
+    def forward(self, batch):
+        return self.head(self.norm(_encoded(self, batch))[:, 1:].mean(dim=1))
 
 
 @mistake(VIT, "the logits come from the last token; the class token is the first, x[:, 0].")
 class ViTLastToken(ViT):
-    def forward(self, images):
-        return self.head(self.norm(_encoded(self, images))[:, -1])
+    def forward(self, batch):
+        return self.head(self.norm(_encoded(self, batch))[:, -1])
 
 
 @mistake(VIT, "the final norm is skipped: apply self.norm before the head.")
 class ViTNoFinalNorm(ViT):
-    def forward(self, images):
-        return self.head(_encoded(self, images)[:, 0])
+    def forward(self, batch):
+        return self.head(_encoded(self, batch)[:, 0])
 
 
 @mistake(
@@ -293,8 +293,8 @@ class ViTNoFinalNorm(ViT):
     "whose output is the logits.",
 )
 class ViTNormAfterHead(ViT):
-    def forward(self, images):
-        return self.norm(self.head(_encoded(self, images)[:, 0]))
+    def forward(self, batch):
+        return self.norm(self.head(_encoded(self, batch)[:, 0]))
 
 
 @mistake(
@@ -302,8 +302,8 @@ class ViTNormAfterHead(ViT):
     "the final norm is applied to the embeddings before the blocks; it comes after the last block.",
 )
 class ViTNormBeforeBlocks(ViT):
-    def forward(self, images):
-        x = self.norm(self.patch_embed(images))
+    def forward(self, batch):
+        x = self.norm(self.patch_embed(batch))
         for block in self.blocks:
             x = block(x)
         return self.head(x[:, 0])
@@ -315,8 +315,8 @@ class ViTNormBeforeBlocks(ViT):
     "go through the encoder.",
 )
 class ViTBlocksDiscarded(ViT):
-    def forward(self, images):
-        x = self.patch_embed(images)
+    def forward(self, batch):
+        x = self.patch_embed(batch)
         for block in self.blocks:
             block(x)
         return self.head(self.norm(x)[:, 0])
@@ -328,8 +328,8 @@ class ViTBlocksDiscarded(ViT):
     "then normalise and classify.",
 )
 class ViTFirstBlockOnly(ViT):
-    def forward(self, images):
-        x = self.patch_embed(images)
+    def forward(self, batch):
+        x = self.patch_embed(batch)
         for block in self.blocks:
             x = block(x)
             return self.head(self.norm(x)[:, 0])
@@ -341,8 +341,8 @@ class ViTFirstBlockOnly(ViT):
     "residual connections: x = block(x).",
 )
 class ViTExtraResidual(ViT):
-    def forward(self, images):
-        x = self.patch_embed(images)
+    def forward(self, batch):
+        x = self.patch_embed(batch)
         for block in self.blocks:
             x = x + block(x)
         return self.head(self.norm(x)[:, 0])
@@ -350,8 +350,8 @@ class ViTExtraResidual(ViT):
 
 @mistake(VIT, "a softmax is applied to the logits; return the head's output as it is.")
 class ViTSoftmax(ViT):
-    def forward(self, images):
-        return torch.softmax(self.head(self.norm(_encoded(self, images))[:, 0]), dim=-1)
+    def forward(self, batch):
+        return torch.softmax(self.head(self.norm(_encoded(self, batch))[:, 0]), dim=-1)
 
 
 MUTANTS = mistake.mutants
