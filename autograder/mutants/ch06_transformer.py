@@ -260,20 +260,20 @@ def _decode(layer, y, memory, tgt_mask, memory_mask, flip_norm=False,
     "norm_first=True is x + sublayer(norm(x)).",
 )
 class EncoderNormFirstSwapped(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, flip_norm=True)
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, flip_norm=True)
 
 
 @mistake(ENC, "the residual connection around the self-attention is missing.")
 class EncoderNoAttentionResidual(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, residuals=(False, True))
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, residuals=(False, True))
 
 
 @mistake(ENC, "the residual connection around the feed-forward block is missing.")
 class EncoderNoFeedForwardResidual(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, residuals=(True, False))
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, residuals=(True, False))
 
 
 @mistake(
@@ -282,8 +282,8 @@ class EncoderNoFeedForwardResidual(EncoderLayer):
     "attend, so pass ~mask.",
 )
 class EncoderMaskNotInverted(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, invert=False)
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, invert=False)
 
 
 @mistake(
@@ -292,20 +292,20 @@ class EncoderMaskNotInverted(EncoderLayer):
     "h heads of each batch entry together: mask.repeat_interleave(h, dim=0).",
 )
 class EncoderMaskHeadMajor(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, interleave=False)
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, interleave=False)
 
 
 @mistake(ENC, "the mask is ignored: pass it (inverted) to the self-attention as attn_mask.")
 class EncoderMaskIgnored(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, use_mask=False)
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, use_mask=False)
 
 
 @mistake(ENC, "the feed-forward block uses GELU; this layer uses ReLU.")
 class EncoderGelu(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, activation=F.gelu)
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, activation=F.gelu)
 
 
 @mistake(
@@ -314,8 +314,8 @@ class EncoderGelu(EncoderLayer):
     "feed-forward block.",
 )
 class EncoderNormsSwapped(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, swap_norms=True)
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, swap_norms=True)
 
 
 @mistake(
@@ -324,8 +324,8 @@ class EncoderNormsSwapped(EncoderLayer):
     "norm(x + sublayer(x)).",
 )
 class EncoderAddAfterNorm(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, style="norm_then_add")
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, style="norm_then_add")
 
 
 @mistake(
@@ -334,8 +334,8 @@ class EncoderAddAfterNorm(EncoderLayer):
     "residual carries x itself: x + sublayer(norm(x)).",
 )
 class EncoderNormalisedResidual(EncoderLayer):
-    def forward(self, x, mask=None):
-        return _encode(self, x, mask, style="normed_residual")
+    def forward(self, src, mask=None):
+        return _encode(self, src, mask, style="normed_residual")
 
 
 # --- DecoderLayer.forward(y (B, Tq, D), memory (B, Tk, D), tgt_mask, memory_mask) ---
@@ -347,26 +347,26 @@ class EncoderNormalisedResidual(EncoderLayer):
     "norm_first=True is y + sublayer(norm(y)).",
 )
 class DecoderNormFirstSwapped(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, flip_norm=True)
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, flip_norm=True)
 
 
 @mistake(DEC, "the residual connection around the self-attention is missing.")
 class DecoderNoSelfResidual(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, residuals=(False, True, True))
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, residuals=(False, True, True))
 
 
 @mistake(DEC, "the residual connection around the cross-attention is missing.")
 class DecoderNoCrossResidual(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, residuals=(True, False, True))
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, residuals=(True, False, True))
 
 
 @mistake(DEC, "the residual connection around the feed-forward block is missing.")
 class DecoderNoFeedForwardResidual(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, residuals=(True, True, False))
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, residuals=(True, True, False))
 
 
 @mistake(
@@ -375,8 +375,8 @@ class DecoderNoFeedForwardResidual(DecoderLayer):
     "NOT attend, so pass ~tgt_mask and ~memory_mask.",
 )
 class DecoderMasksNotInverted(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, invert=False)
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, invert=False)
 
 
 @mistake(
@@ -384,14 +384,14 @@ class DecoderMasksNotInverted(DecoderLayer):
     "tgt_mask (the causal mask) is ignored: without it every target position sees the later ones.",
 )
 class DecoderTgtMaskIgnored(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, use_tgt_mask=False)
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, use_tgt_mask=False)
 
 
 @mistake(DEC, "memory_mask is ignored: pass it (inverted) to the cross-attention.")
 class DecoderMemoryMaskIgnored(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, use_memory_mask=False)
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, use_memory_mask=False)
 
 
 @mistake(
@@ -400,8 +400,8 @@ class DecoderMemoryMaskIgnored(DecoderLayer):
     "(the encoder's output), the queries from y.",
 )
 class DecoderCrossOnTarget(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, cross_on_memory=False)
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, cross_on_memory=False)
 
 
 @mistake(
@@ -410,14 +410,14 @@ class DecoderCrossOnTarget(DecoderLayer):
     "self.multihead_attn.",
 )
 class DecoderCrossWithSelfWeights(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, cross_module="self_attn")
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, cross_module="self_attn")
 
 
 @mistake(DEC, "the cross-attention comes before the self-attention; self-attention comes first.")
 class DecoderCrossFirst(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, cross_first=True)
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, cross_first=True)
 
 
 @mistake(
@@ -426,8 +426,8 @@ class DecoderCrossFirst(DecoderLayer):
     "heads of each batch entry together: mask.repeat_interleave(h, dim=0).",
 )
 class DecoderMaskHeadMajor(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, interleave=False)
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, interleave=False)
 
 
 @mistake(
@@ -436,8 +436,8 @@ class DecoderMaskHeadMajor(DecoderLayer):
     "cross-attention, norm3 with the feed-forward block.",
 )
 class DecoderNormsSwapped(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, swap_norms=True)
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, swap_norms=True)
 
 
 @mistake(
@@ -446,14 +446,14 @@ class DecoderNormsSwapped(DecoderLayer):
     "norm(y + sublayer(y)).",
 )
 class DecoderAddAfterNorm(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, style="norm_then_add")
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, style="norm_then_add")
 
 
 @mistake(DEC, "the feed-forward block uses GELU; this layer uses ReLU.")
 class DecoderGelu(DecoderLayer):
-    def forward(self, y, memory, tgt_mask=None, memory_mask=None):
-        return _decode(self, y, memory, tgt_mask, memory_mask, activation=F.gelu)
+    def forward(self, tgt, mem, tgt_mask=None, memory_mask=None):
+        return _decode(self, tgt, mem, tgt_mask, memory_mask, activation=F.gelu)
 
 
 MUTANTS = mistake.mutants
