@@ -72,7 +72,10 @@ def finite(tensor) -> bool:
 
 
 def _wrapped(text: str) -> list[str]:
-    return textwrap.wrap(text, WIDTH, initial_indent=INDENT, subsequent_indent=INDENT)
+    """``text`` in indented lines; hyphenated words ("feed-forward") stay whole."""
+    return textwrap.wrap(
+        text, WIDTH, initial_indent=INDENT, subsequent_indent=INDENT, break_on_hyphens=False
+    )
 
 
 def _shorten(text: str, width: int = 2 * WIDTH - 2 * len(INDENT)) -> str:
