@@ -276,6 +276,7 @@ def submission(replaced: dict[str, str]) -> dict:
 
 def mutant_cell() -> str:
     source = inspect.getsource(mutants.self_softmax_over_queries)
+    source = source[source.index("def ") :]  # without the registering decorator
     return "import math\nimport torch\n\n" + source.replace("self_softmax_over_queries", SELF)
 
 

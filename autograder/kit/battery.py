@@ -15,7 +15,6 @@ compares the ``Result``s that come back with the reference's.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
 import importlib
@@ -79,6 +78,20 @@ class Battery:
         problems = battery_problems(self)
         if problems:
             raise BatteryError(f"battery {self.assignment}: " + "; ".join(problems))
+
+    @classmethod
+    def for_assignment(cls, assignment, checks, mutants=()) -> Battery:
+        """The battery of ``assignment`` (an ``autograder.contracts.Assignment``): its
+        reference, forbidden operations and points come from the contracts."""
+        points = {contract.name: contract.points for contract in assignment.contracts}
+        return cls(
+            assignment.id,
+            assignment.reference,
+            tuple(checks),
+            assignment.forbidden(),
+            tuple(mutants),
+            points,
+        )
 
     @property
     def functions(self) -> list[str]:
@@ -234,7 +247,35 @@ def judge_plan(
                 cache=plan.mutant_results,
             )
         )
-    return apply_gates(battery, outcomes)
+    return fail_forbidden(apply_gates(battery, outcomes), reached_operations(battery, actual))
+
+
+def reached_operations(battery: Battery, actual: Mapping) -> dict[str, list[str]]:
+    """Per function, the forbidden operations its calls reached in any check."""
+    reached: dict[str, set[str]] = {}
+    for check in battery.checks:
+        for result in actual.get(check.name) or ():
+            reached.setdefault(check.function, set()).update(result.forbidden)
+    return {function: sorted(names) for function, names in reached.items() if names}
+
+
+def fail_forbidden(
+    outcomes: Sequence[Outcome], forbidden: Mapping[str, Sequence[str]], how: str = "reaches"
+) -> list[Outcome]:
+    """Fail every check of a function that ``forbidden`` names: a forbidden operation costs
+    the whole function. ``how`` says what was seen: "reaches" (while it ran) or "names"
+    (in its source)."""
+    failed = []
+    for outcome in outcomes:
+        names = forbidden.get(outcome.check.function)
+        if names:
+            reason = (
+                f"{outcome.check.function} {how} the forbidden operation {', '.join(names)},"
+                " which this exercise asks you to write yourself"
+            )
+            outcome = Outcome(outcome.check, False, reason)
+        failed.append(outcome)
+    return failed
 
 
 def apply_gates(battery: Battery, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -252,10 +293,8 @@ def apply_gates(battery: Battery, outcomes: Sequence[Outcome]) -> list[Outcome]:
 
 
 def judge_check(battery, check, calls, results, expected, cache=None) -> Outcome:
-    """Judge one check; ``cache`` is passed on to ``diagnose``."""
-    forbidden = sorted({name for result in results for name in result.forbidden})
-    if forbidden:
-        return Outcome(check, False, f"it calls the forbidden {', '.join(forbidden)}")
+    """Judge one check's values; ``cache`` is passed on to ``diagnose``. Forbidden
+    operations are judged over the whole function (``fail_forbidden``)."""
     reason = check.judge(calls, results, expected)
     if reason is None:
         return Outcome(check, True)
@@ -293,40 +332,6 @@ def scores_by_function(battery: Battery, outcomes: Sequence[Outcome]) -> dict[st
     for outcome in outcomes:
         scores[outcome.check.function] += outcome.score
     return scores
-
-
-def forbidden_in_source(
-    source: str, forbidden: Sequence[str], own_names: Sequence[str] = ()
-) -> list[str]:
-    """The forbidden built-ins that ``source`` names (``F.scaled_dot_product_attention``,
-    ``from torch.nn.functional import scaled_dot_product_attention``, ...).
-
-    Matching is by the last component of the dotted path, so aliases of the module
-    (``import torch.nn.functional as G``) are caught too. Unparsable source names none.
-    A bare name in ``own_names`` (the contract functions) is the student's own function,
-    not the built-in: ``self_attention`` may call the student's
-    ``scaled_dot_product_attention``.
-    """
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    wanted = {}  # last component -> the first (public) path that ends with it
-    for path in forbidden:
-        wanted.setdefault(path.rpartition(".")[2], path)
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in wanted:
-            found.add(wanted[node.attr])
-        elif isinstance(node, ast.Name) and node.id in wanted and node.id not in own_names:
-            found.add(wanted[node.id])
-        elif isinstance(node, ast.alias) and node.name.rpartition(".")[2] in wanted:
-            found.add(wanted[node.name.rpartition(".")[2]])
-        elif (
-            isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in wanted
-        ):
-            found.add(wanted[node.value])
-    return sorted(found)
 
 
 @contextlib.contextmanager
