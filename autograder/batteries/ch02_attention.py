@@ -344,7 +344,7 @@ SOFTMAX_CHECKS = (
         },
         hints={
             "gradients": "A row with nothing allowed must not give NaN gradients either:"
-            " never take the softmax of a row of -inf.",
+            " the NaN of a softmax over a row of -inf must not flow back to the scores.",
             "float16": SOFTMAX_HINT,
         },
     ),
