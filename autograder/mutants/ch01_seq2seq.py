@@ -100,8 +100,8 @@ def cell_reshaped_w_ih(x_t, h_prev, W_ih, W_hh, b):
 
 @mistake(
     CELL,
-    "tanh is written as (exp(2a) - 1) / (exp(2a) + 1), which overflows to NaN for large "
-    "pre-activations (use torch.tanh).",
+    "tanh is written as (exp(2a) - 1) / (exp(2a) + 1), which overflows to NaN for large a "
+    "(use torch.tanh).",
 )
 def cell_tanh_by_hand(x_t, h_prev, W_ih, W_hh, b):
     a = x_t @ W_ih.T + h_prev @ W_hh.T + b
@@ -227,8 +227,8 @@ def encode_zero_initial_state(x, h0, W_ih, W_hh, b, lengths=None):
 
 @mistake(
     ENCODE,
-    "x is viewed as time-major (T, B, D_in) with reshape/view: x is batch-first, so step t "
-    "is x[:, t].",
+    "x is reshaped (or viewed) to (T, B, D_in) as if time came first: x is (B, T, D_in), "
+    "so step t is x[:, t].",
 )
 def encode_time_major_view(x, h0, W_ih, W_hh, b, lengths=None):
     B, T, D = x.shape
@@ -274,8 +274,8 @@ def encode_detaches_state(x, h0, W_ih, W_hh, b, lengths=None):
 
 @mistake(
     SHIFT,
-    "the decoder inputs are the targets themselves: with teacher forcing the decoder sees "
-    "[bos, y_0, ..., y_{T-2}], never the token it must predict.",
+    "the decoder inputs are the targets themselves: with teacher forcing the decoder reads "
+    "bos, then the targets moved one step right, never the token it must predict.",
 )
 def shift_right_returns_targets(targets, bos_id):
     return targets.clone()
@@ -292,7 +292,7 @@ def shift_right_shifts_left(targets, bos_id):
 
 @mistake(
     SHIFT,
-    "the last target is kept, so the result has T + 1 columns: drop y_{T-1}.",
+    "the last target is kept, so the result has T + 1 columns: drop the last target.",
 )
 def shift_right_keeps_last(targets, bos_id):
     bos = torch.full_like(targets[:, :1], bos_id)
@@ -314,7 +314,7 @@ def shift_right_overwrites_first(targets, bos_id):
     return shifted
 
 
-@mistake(SHIFT, "the bos token is hard-coded as 0 instead of bos_id.")
+@mistake(SHIFT, "the bos token is fixed at 0 instead of bos_id.")
 def shift_right_hardcoded_bos(targets, bos_id):
     bos = torch.zeros_like(targets[:, :1])
     return torch.cat((bos, targets[:, :-1]), dim=1)
@@ -358,7 +358,7 @@ def _token_nll(logits, targets, real):
 
 @mistake(
     CE,
-    "the padded positions are included in the mean: average over the non-pad targets only.",
+    "the padded positions are included in the mean: average over the real (not pad) targets only.",
 )
 def ce_mean_over_all_positions(logits, targets, pad_id):
     safe = torch.where(targets != pad_id, targets, 0)
@@ -414,7 +414,8 @@ def ce_double_softmax(logits, targets, pad_id):
 
 @mistake(
     CE,
-    "the raw logit of the target is used as its log-probability: normalise with log_softmax first.",
+    "the raw logit of the target is used as its log probability: normalise with "
+    "torch.log_softmax first.",
 )
 def ce_nll_of_raw_logits(logits, targets, pad_id):
     real = targets != pad_id
@@ -425,7 +426,7 @@ def ce_nll_of_raw_logits(logits, targets, pad_id):
 
 @mistake(
     CE,
-    "the log-softmax is computed as log(exp(x) / sum(exp(x))), which overflows for large "
+    "the log softmax is computed as log(exp(x) / sum(exp(x))), which overflows for large "
     "logits: use torch.log_softmax (it subtracts the maximum).",
 )
 def ce_log_softmax_by_hand(logits, targets, pad_id):
@@ -439,7 +440,7 @@ def ce_log_softmax_by_hand(logits, targets, pad_id):
 
 @mistake(
     CE,
-    "the log-softmax runs over the time steps (dim=1) instead of the vocabulary (dim=-1).",
+    "torch.log_softmax runs over the time steps (dim=1) instead of the vocabulary (dim=-1).",
 )
 def ce_log_softmax_over_time(logits, targets, pad_id):
     real = targets != pad_id
