@@ -27,7 +27,8 @@ from autograder.kit.battery import (
 from autograder.kit.judges import match_reference
 from autograder.kit.mistakes import KnownMistakes
 from autograder.kit.standard import standard_checks
-from autograder.runtime.executor import Call, Callback, Module, execute_call
+from autograder.runtime.codec import TensorPacker, decode_call, encode_call
+from autograder.runtime.executor import Call, Callback, Module, OnDevice, execute_call
 from autograder.sandbox import Worker
 
 JUDGE = match_reference(rtol=1e-5, atol=1e-6)
@@ -201,6 +202,31 @@ def test_a_callable_argument_crosses_the_sandbox_as_data():
     actual = {name: [execute_call(wrong, c) for c in calls] for name, calls in plan.calls.items()}
     reasons = [o.reason for o in judge_plan(battery, plan, actual, expected)]
     assert any("passed to step differ" in r or "called step" in r for r in reasons), reasons
+
+
+# A tensor kept on its own device ------------------------------------------------------------
+
+
+def test_a_tensor_kept_on_its_device_stays_there_across_the_sandbox():
+    """``OnDevice`` keeps an argument (lengths on the CPU) off the call's device (here meta,
+    which any machine has), through the codec and in the sandboxed child."""
+    x, lengths = torch.randn(3, 4), torch.tensor([4, 1, 2])
+    call = Call("where_lengths", (x, OnDevice(lengths)), device="meta")
+    packer = TensorPacker()
+    again = decode_call(encode_call(call, packer), packer.tensors)
+    assert isinstance(again.args[1], OnDevice) and torch.equal(again.args[1].tensor, lengths)
+    cell = (
+        "def where_lengths(x, lengths):\n"
+        "    return x.sum(dim=-1), lengths * 2, lengths.device.type == 'cpu'\n"
+    )
+    with Worker() as worker:
+        report = worker.run([cell], {"check": [call]})
+    (result,) = report.results["check"]
+    assert result.error is None, result.error
+    summed, doubled, _ = result.outputs
+    assert summed.device.type == "meta" and doubled.device.type == "cpu"
+    assert torch.equal(doubled, lengths * 2)
+    assert torch.equal(result.inputs_after["args[1]"], lengths)
 
 
 # A class contract, with weights injected ---------------------------------------------------
