@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autograder.contracts import ASSIGNMENTS
 from autograder.runtime import operations as ops
 from autograder.runtime.operations import (
-    FORBIDDEN_BY_ASSIGNMENT,
     OPERATIONS,
     SWITCHED_OFF,
     Watch,
@@ -43,6 +43,9 @@ from solutions import (
     ch06_transformer,
     ch07_vit,
 )
+
+# The forbidden operations of every contract name (autograder.contracts).
+FORBIDDEN = {assignment.id: assignment.forbidden() for assignment in ASSIGNMENTS.values()}
 
 SETTINGS = [
     pytest.param("cpu", torch.float32, id="cpu-float32"),
@@ -546,15 +549,15 @@ def run_watched(names, function: Callable[[], object]) -> Watch:
 
 def forbidden(function: tuple[str, str]) -> tuple[str, ...]:
     assignment, name = function
-    return FORBIDDEN_BY_ASSIGNMENT[assignment][name]
+    return FORBIDDEN[assignment][name]
 
 
 def test_the_table_covers_every_list_and_route():
     lists = {forbidden(evasion.function) for evasion in EVASIONS}
     assert len(EVASIONS) >= 20
-    assert {evasion.function[0] for evasion in EVASIONS} == set(FORBIDDEN_BY_ASSIGNMENT)
+    assert {evasion.function[0] for evasion in EVASIONS} == set(FORBIDDEN)
     every_listed = set().union(
-        *(set(names) for names in FORBIDDEN_BY_ASSIGNMENT.values() for names in names.values())
+        *(set(names) for names in FORBIDDEN.values() for names in names.values())
     )
     assert every_listed == set(OPERATIONS)
     assert {evasion.expected for evasion in EVASIONS} >= every_listed - {ops.DECODER}
@@ -800,7 +803,7 @@ def reference_calls(make: Make) -> dict[tuple[str, str], Callable[[], object]]:
 @pytest.mark.parametrize(("device", "dtype"), SETTINGS[:1] + SETTINGS[2:])
 def test_no_reference_solution_reaches_its_forbidden_operations(device, dtype):
     calls = reference_calls(Make(device, dtype))
-    assert set(calls) == {(a, f) for a, names in FORBIDDEN_BY_ASSIGNMENT.items() for f in names}
+    assert set(calls) == {(a, f) for a, names in FORBIDDEN.items() for f in names}
     for function, call in calls.items():
         with Watch(forbidden(function)) as watch:
             call()
@@ -1008,8 +1011,8 @@ def test_the_patterns_name_real_operators_and_no_allowed_one():
 
 # --- the static check ---------------------------------------------------------------------
 
-ATTENTION = FORBIDDEN_BY_ASSIGNMENT[CH03]["self_attention"]
-PATCHES = FORBIDDEN_BY_ASSIGNMENT[CH07]["patchify"]
+ATTENTION = FORBIDDEN[CH03]["self_attention"]
+PATCHES = FORBIDDEN[CH07]["patchify"]
 SOURCES = [
     ("out = F.scaled_dot_product_attention(q, k, v)", ATTENTION, [ops.SDPA]),
     (
@@ -1083,7 +1086,7 @@ def test_no_reference_source_names_its_forbidden_operations():
         CH06: ch06_transformer,
         CH07: ch07_vit,
     }
-    for assignment, lists in FORBIDDEN_BY_ASSIGNMENT.items():
+    for assignment, lists in FORBIDDEN.items():
         for name, names in lists.items():
             source = inspect.getsource(getattr(modules[assignment], name))
             assert forbidden_in_source(source, names, own_names=lists) == [], (assignment, name)

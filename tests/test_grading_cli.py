@@ -37,7 +37,7 @@ FUNCTIONS = ["scaled_dot_product_attention", "self_attention", "sinusoidal_posit
 LEAK = "LEAK-MARKER-hidden-tests-5f0c"
 SEED = 982451653123
 VENV_BIN = Path(sys.executable).parent
-SDPA_PATH = "torch.nn.functional.scaled_dot_product_attention"
+SDPA_OPERATION = "F.scaled_dot_product_attention"
 CELL_IDS = itertools.count()
 
 
@@ -81,7 +81,7 @@ def make_battery() -> Battery:
     mutants = (
         Mutant(FUNCTIONS[0], "unscaled", "the scores are not divided by sqrt(d).", _unscaled_sdpa),
     )
-    forbidden = {FUNCTIONS[0]: (SDPA_PATH,), FUNCTIONS[1]: (SDPA_PATH,)}
+    forbidden = {FUNCTIONS[0]: (SDPA_OPERATION,), FUNCTIONS[1]: (SDPA_OPERATION,)}
     return Battery(ASSIGNMENT, "solutions.ch03_self_attention", checks, forbidden, mutants)
 
 
@@ -103,7 +103,7 @@ class InProcessWorker:
     def __init__(self):
         type(self).created += 1
 
-    def run(self, cells, plan, tripwires):
+    def run(self, cells, plan, forbidden=None):
         namespace: dict = {}
         errors = []
         for index, source in enumerate(cells, start=1):
@@ -111,8 +111,10 @@ class InProcessWorker:
                 exec(compile(source, f"<cell {index}>", "exec"), namespace)
             except Exception as error:
                 errors.append((index, f"{type(error).__name__}: {error}"))
+        forbidden = forbidden or {}
         results = {
-            name: [execute_call(namespace, call) for call in calls] for name, calls in plan.items()
+            name: [execute_call(namespace, c, forbidden.get(c.function, ())) for c in calls]
+            for name, calls in plan.items()
         }
         return FakeReport(results, cell_errors=errors)
 
@@ -521,7 +523,7 @@ def test_reader_survives_odd_cells(tmp_path):
     ]
     submission = _read(tmp_path, notebook)
     assert submission.readable
-    assert "# %matplotlib inline\nx = 1" in submission.cells
+    assert "pass\nx = 1" in submission.cells
     assert sum("not a valid notebook cell" in p for p in submission.problems) == 2
 
 
@@ -635,8 +637,8 @@ def test_cli_limits_default_to_the_sandbox_defaults_and_can_be_raised():
 class SlowWorker(InProcessWorker):
     """A worker on which every call times out: a machine too slow for the limits."""
 
-    def run(self, cells, plan, tripwires):
-        report = super().run(cells, plan, tripwires)
+    def run(self, cells, plan, forbidden=None):
+        report = super().run(cells, plan, forbidden)
         report.results = dict.fromkeys(plan)
         report.failures = dict.fromkeys(plan, "your code ran for more than 10 s")
         return report
@@ -671,10 +673,10 @@ def test_self_check_failure_names_a_broken_battery(small_batch):
 class FailingWorker(InProcessWorker):
     """A worker whose sandbox breaks on one student's submission (a harness failure)."""
 
-    def run(self, cells, plan, tripwires):
+    def run(self, cells, plan, forbidden=None):
         if any("return 7" in cell for cell in cells):
             raise RuntimeError("the grading sandbox cannot start a child")
-        return super().run(cells, plan, tripwires)
+        return super().run(cells, plan, forbidden)
 
 
 def test_a_grader_failure_gives_no_score_and_a_non_zero_exit(small_batch, monkeypatch, capsys):
@@ -712,3 +714,22 @@ def test_a_record_the_grader_did_not_write_is_detected_and_regraded(small_batch)
     rows = (small_batch / "out" / "grades.csv").read_text().splitlines()
     assert next(row for row in rows if row.startswith("blank,")) == "blank,0,0,0,0,30"
     assert _grade(small_batch).forged == []
+
+
+@pytest.mark.parametrize(
+    "cell, plain",
+    [
+        ("if True:\n    %time y = 2\nz = 3", "if True:\n    y = 2\nz = 3"),
+        ("for i in range(2):\n    !ls\n", "for i in range(2):\n    pass\n"),
+        ("%matplotlib inline\nx = 1", "pass\nx = 1"),
+        ("%timeit -n 3 f()\n", "pass\n"),
+        ("%%time\nx = 1", "\nx = 1"),
+        ("%%bash\nls -l", "pass"),
+        ("x = 5 % 3  # a remainder, not a magic", "x = 5 % 3  # a remainder, not a magic"),
+    ],
+)
+def test_magics_become_plain_python_once(cell, plain):
+    from autograder.engine.notebook import without_magics
+
+    assert without_magics(cell) == plain
+    compile(without_magics(cell), "<cell>", "exec")  # valid Python, indented blocks included

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from autograder.engine.notebook import without_magics
 from autograder.runtime.codec import (
     FrameReader,
     Malformed,
@@ -200,7 +201,8 @@ def test_top_level_attack_costs_only_its_cell(worker, name, cell, expected):
 
 
 def test_honest_submission_after_the_attacks(worker):
-    cells = [HONEST, "%matplotlib inline\n!ls\nprint('hello')", attacked_cell("return x * 3")]
+    magics = without_magics("%matplotlib inline\n!ls\nprint('hello')")  # as the reader gives it
+    cells = [HONEST, magics, attacked_cell("return x * 3")]
     report = worker.run(cells, PLAN)
     assert_honest(report)
     assert torch.equal(report.results["attacked"][0].outputs[0], X * 3)
@@ -208,11 +210,13 @@ def test_honest_submission_after_the_attacks(worker):
     assert report.isolation in (BUBBLEWRAP, PROCESS)
 
 
-def test_tripwires_record_forbidden_calls(worker):
-    cells = [HONEST, attacked_cell("return getattr(torch.nn.functional, 'soft' + 'max')(x, -1)")]
-    report = worker.run(cells, PLAN, tripwires=["torch.nn.functional.softmax"])
+def test_the_child_watches_each_function_for_its_forbidden_operations(worker):
+    hidden = "getattr(torch.nn.functional, 'scaled_dot_' + 'product_attention')"
+    cells = [HONEST, attacked_cell(f"return {hidden}(x, x, x)")]
+    sdpa = "F.scaled_dot_product_attention"
+    report = worker.run(cells, PLAN, {"attacked": [sdpa], "double": ["F.layer_norm"]})
     assert_honest(report)
-    assert report.results["attacked"][0].forbidden == ["torch.nn.functional.softmax"]
+    assert report.results["attacked"][0].forbidden == [sdpa]
     assert report.results["honest_before"][0].forbidden == []
 
 

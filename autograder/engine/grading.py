@@ -41,13 +41,14 @@ from autograder.kit.battery import (
     Battery,
     Outcome,
     Plan,
-    forbidden_in_source,
+    fail_forbidden,
     judge_plan,
     make_plan,
     one_torch_thread,
     run_reference,
     scores_by_function,
 )
+from autograder.runtime.operations import forbidden_in_source
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SEED_VARIABLE = "AUTOGRADER_SEED"
@@ -156,7 +157,6 @@ class Setup:
     plan: Plan
     expected: Mapping
     known: KnownCells
-    tripwires: list[str]
 
 
 def course_notebooks(course_root: Path, assignment_id: str) -> list[Path]:
@@ -168,8 +168,7 @@ def make_setup(battery: Battery, seed: int, course_root: Path) -> Setup:
     plan = make_plan(battery, seed)
     expected = run_reference(battery, plan)
     known = KnownCells.from_notebooks(course_notebooks(course_root, battery.assignment))
-    tripwires = sorted({path for paths in battery.forbidden.values() for path in paths})
-    return Setup(battery, plan, expected, known, tripwires)
+    return Setup(battery, plan, expected, known)
 
 
 # Grading one submission ------------------------------------------------------------------
@@ -187,10 +186,9 @@ def grade_submission(setup: Setup, worker, entry: Entry) -> dict:
     if not submission.readable:
         return not_graded(record, "unreadable", submission.problems[0])
     forbidden = static_forbidden(battery, submission)
-    report = worker.run(submission.cells, setup.plan.calls, setup.tripwires)
-    actual = keep_own_forbidden(battery, report.results)
-    outcomes = judge_plan(battery, setup.plan, actual, setup.expected, report.failures)
-    outcomes = fail_forbidden(outcomes, forbidden)
+    report = worker.run(submission.cells, setup.plan.calls, battery.forbidden)
+    outcomes = judge_plan(battery, setup.plan, report.results, setup.expected, report.failures)
+    outcomes = fail_forbidden(outcomes, forbidden, how="names")
     record.update(
         status="graded",
         isolation=report.isolation,
@@ -231,41 +229,14 @@ def not_graded(record: dict, status: str, reason: str) -> dict:
 
 
 def static_forbidden(battery: Battery, submission: Submission) -> dict[str, list[str]]:
-    """For each contract function, the forbidden built-ins its defining cell names."""
+    """For each contract function, the forbidden operations its defining cell names (the
+    second line: the sandbox watches what each function reaches while it runs)."""
     return {
         function: forbidden_in_source(
             source, battery.forbidden.get(function, ()), own_names=battery.functions
         )
         for function, source in submission.function_sources.items()
     }
-
-
-def keep_own_forbidden(battery: Battery, results: Mapping) -> dict:
-    """Keep, in each check's results, only the tripwires forbidden for that check's function.
-
-    The sandbox sets every tripwire of the battery at once; a built-in forbidden in one
-    exercise may be allowed in another.
-    """
-    functions = {check.name: check.function for check in battery.checks}
-    kept = {}
-    for name, check_results in results.items():
-        allowed = set(battery.forbidden.get(functions.get(name), ()))
-        if check_results is not None:
-            for result in check_results:
-                result.forbidden = [path for path in result.forbidden if path in allowed]
-        kept[name] = check_results
-    return kept
-
-
-def fail_forbidden(outcomes: list[Outcome], forbidden: Mapping[str, list[str]]) -> list[Outcome]:
-    failed = []
-    for outcome in outcomes:
-        names = forbidden.get(outcome.check.function)
-        if names:
-            reason = f"your code uses the forbidden {', '.join(names)}"
-            outcome = Outcome(outcome.check, False, reason)
-        failed.append(outcome)
-    return failed
 
 
 def cell_errors(submission: Submission, errors: Iterable) -> list[dict]:

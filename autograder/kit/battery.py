@@ -15,7 +15,6 @@ compares the ``Result``s that come back with the reference's.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
 import importlib
@@ -79,6 +78,20 @@ class Battery:
         problems = battery_problems(self)
         if problems:
             raise BatteryError(f"battery {self.assignment}: " + "; ".join(problems))
+
+    @classmethod
+    def for_assignment(cls, assignment, checks, mutants=()) -> Battery:
+        """The battery of ``assignment`` (an ``autograder.contracts.Assignment``): its
+        reference, forbidden operations and points come from the contracts."""
+        points = {contract.name: contract.points for contract in assignment.contracts}
+        return cls(
+            assignment.id,
+            assignment.reference,
+            tuple(checks),
+            assignment.forbidden(),
+            tuple(mutants),
+            points,
+        )
 
     @property
     def functions(self) -> list[str]:
@@ -234,7 +247,35 @@ def judge_plan(
                 cache=plan.mutant_results,
             )
         )
-    return apply_gates(battery, outcomes)
+    return fail_forbidden(apply_gates(battery, outcomes), reached_operations(battery, actual))
+
+
+def reached_operations(battery: Battery, actual: Mapping) -> dict[str, list[str]]:
+    """Per function, the forbidden operations its calls reached in any check."""
+    reached: dict[str, set[str]] = {}
+    for check in battery.checks:
+        for result in actual.get(check.name) or ():
+            reached.setdefault(check.function, set()).update(result.forbidden)
+    return {function: sorted(names) for function, names in reached.items() if names}
+
+
+def fail_forbidden(
+    outcomes: Sequence[Outcome], forbidden: Mapping[str, Sequence[str]], how: str = "reaches"
+) -> list[Outcome]:
+    """Fail every check of a function that ``forbidden`` names: a forbidden operation costs
+    the whole function. ``how`` says what was seen: "reaches" (while it ran) or "names"
+    (in its source)."""
+    failed = []
+    for outcome in outcomes:
+        names = forbidden.get(outcome.check.function)
+        if names:
+            reason = (
+                f"{outcome.check.function} {how} the forbidden operation {', '.join(names)},"
+                " which this exercise asks you to write yourself"
+            )
+            outcome = Outcome(outcome.check, False, reason)
+        failed.append(outcome)
+    return failed
 
 
 def apply_gates(battery: Battery, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -252,10 +293,8 @@ def apply_gates(battery: Battery, outcomes: Sequence[Outcome]) -> list[Outcome]:
 
 
 def judge_check(battery, check, calls, results, expected, cache=None) -> Outcome:
-    """Judge one check; ``cache`` is passed on to ``diagnose``."""
-    forbidden = sorted({name for result in results for name in result.forbidden})
-    if forbidden:
-        return Outcome(check, False, f"it calls the forbidden {', '.join(forbidden)}")
+    """Judge one check's values; ``cache`` is passed on to ``diagnose``. Forbidden
+    operations are judged over the whole function (``fail_forbidden``)."""
     reason = check.judge(calls, results, expected)
     if reason is None:
         return Outcome(check, True)
@@ -265,9 +304,11 @@ def judge_check(battery, check, calls, results, expected, cache=None) -> Outcome
 def diagnose(battery: Battery, check: Check, calls, results, cache=None) -> str | None:
     """Name the known mistake whose outputs the student's outputs match, if any.
 
-    The mutants are tried in the battery's order; one that raises on these calls is
-    skipped. ``cache`` (a dict, for instance ``Plan.mutant_results``) keeps each
-    mutant's results on this check's calls, so that they are computed once per plan.
+    The mutants are tried in the battery's order. A mutant that raises on some calls is
+    matched by its error: the same inputs give the same message, so a student who makes
+    that mistake raises it too. ``cache`` (a dict, for instance ``Plan.mutant_results``)
+    keeps each mutant's results on this check's calls, so that they are computed once per
+    plan.
     """
     reference = None
     for mutant in battery.mutants:
@@ -281,11 +322,28 @@ def diagnose(battery: Battery, check: Check, calls, results, cache=None) -> str 
             mutant_results = [execute_call(namespace, call) for call in calls]
             if cache is not None:
                 cache[key] = mutant_results
-        if any(result.error for result in mutant_results):
-            continue
-        if check.judge(calls, results, mutant_results) is None:
+        if reproduces(check, calls, results, mutant_results):
             return mutant.mistake
     return None
+
+
+def reproduces(check: Check, calls, results, mutant_results) -> bool:
+    """Whether ``results`` are a mutant's: its error message on every call where it raised,
+    its values (by the check's judge) on the others."""
+    raised = [index for index, result in enumerate(mutant_results) if result.error]
+    if any(results[index].error != mutant_results[index].error for index in raised):
+        return False
+    kept = [index for index in range(len(calls)) if index not in raised]
+    if not kept:
+        return True
+
+    def pick(values):
+        return [values[index] for index in kept]
+
+    try:
+        return check.judge(pick(calls), pick(results), pick(mutant_results)) is None
+    except Exception:  # a judge that needs every call (a property over pairs)
+        return False
 
 
 def scores_by_function(battery: Battery, outcomes: Sequence[Outcome]) -> dict[str, float]:
@@ -293,40 +351,6 @@ def scores_by_function(battery: Battery, outcomes: Sequence[Outcome]) -> dict[st
     for outcome in outcomes:
         scores[outcome.check.function] += outcome.score
     return scores
-
-
-def forbidden_in_source(
-    source: str, forbidden: Sequence[str], own_names: Sequence[str] = ()
-) -> list[str]:
-    """The forbidden built-ins that ``source`` names (``F.scaled_dot_product_attention``,
-    ``from torch.nn.functional import scaled_dot_product_attention``, ...).
-
-    Matching is by the last component of the dotted path, so aliases of the module
-    (``import torch.nn.functional as G``) are caught too. Unparsable source names none.
-    A bare name in ``own_names`` (the contract functions) is the student's own function,
-    not the built-in: ``self_attention`` may call the student's
-    ``scaled_dot_product_attention``.
-    """
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    wanted = {}  # last component -> the first (public) path that ends with it
-    for path in forbidden:
-        wanted.setdefault(path.rpartition(".")[2], path)
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in wanted:
-            found.add(wanted[node.attr])
-        elif isinstance(node, ast.Name) and node.id in wanted and node.id not in own_names:
-            found.add(wanted[node.id])
-        elif isinstance(node, ast.alias) and node.name.rpartition(".")[2] in wanted:
-            found.add(wanted[node.name.rpartition(".")[2]])
-        elif (
-            isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in wanted
-        ):
-            found.add(wanted[node.value])
-    return sorted(found)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 This runs in the confined child, next to student code, with the data channel on file
 descriptor 3. It reads one job (cells, cells to skip, the calls of every check, the
-checks to run, tripwires), then sends, in order:
+checks to run, the operations each contract may not reach), then sends, in order:
 
     {"type": "cell", "number": N}        before running cell N (1-based)
     {"type": "loaded", "cell_errors": [[N, "Type: message"], ...]}
@@ -23,8 +23,9 @@ import sys
 
 import torch
 
+from . import operations  # noqa: F401  (imported before any student code runs)
 from .codec import MAX_BLOB, FrameReader, TensorPacker, decode_call, encode_result, frame
-from .executor import RETURNED, Result, describe_error, execute_call, install_tripwires
+from .executor import RETURNED, Result, describe_error, execute_call
 
 CHANNEL_FD = 3
 EXIT_CHANNEL_LOST = 71  # the data channel broke: the grader reports it
@@ -40,7 +41,6 @@ def serve() -> None:
     """Run one job from the channel; always ends the process."""
     owner = _getpid()
     job, tensors = _receive_job()
-    install_tripwires(job["tripwires"])
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     errors = []
     for number, source in enumerate(job["cells"], start=1):
@@ -56,8 +56,7 @@ def serve() -> None:
         for index, encoded in enumerate(job["checks"][name]):
             call = decode_call(encoded, tensors)
             _limit_cpu(job["call_cpu_seconds"])
-            install_tripwires(job["tripwires"])
-            result = execute_call(namespace, call)
+            result = execute_call(namespace, call, job["forbidden"].get(call.function, ()))
             _send_result(name, index, result, owner)
         if _leftovers(job["own_uid"]) != baseline:
             _send({"type": "dirty"}, owner=owner)
@@ -66,21 +65,11 @@ def serve() -> None:
     _exit(0)
 
 
-def strip_magics(source: str) -> str:
-    """Replace IPython magics and shell escapes with ``pass``, keeping line numbers."""
-    lines = []
-    for line in source.splitlines():
-        stripped = line.lstrip()
-        if stripped.startswith(("%", "!")):
-            line = line[: len(line) - len(stripped)] + "pass"
-        lines.append(line)
-    return "\n".join(lines)
-
-
 def run_cell(namespace: dict, number: int, source: str) -> str | None:
-    """Execute one cell; the error it raised (``"Type: message"``), or None."""
+    """Execute one cell (plain Python: the grader removed IPython's magics); the error it
+    raised (``"Type: message"``), or None."""
     try:
-        code = compile(strip_magics(source), f"<cell {number}>", "exec")
+        code = compile(source, f"<cell {number}>", "exec")
         exec(code, namespace)
     except BaseException as error:  # a failing cell costs what it defines, no more
         return describe_error(error)

@@ -14,10 +14,12 @@ reference module in the grading process, the student's namespace in the child.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+
+from .operations import Watch
 
 ACCELERATOR = "accelerator"  # resolved to "cuda" when present, else "cpu"
 # The prefix of a Result.error about what the code returned (rather than raised).
@@ -26,66 +28,6 @@ MAX_OUTPUTS = 64  # values in one call's result; a contract function returns a f
 # An argument equal to this string is replaced by the call's resolved device (as a
 # string), for functions that take a ``device`` argument and no tensor to follow.
 CALL_DEVICE = "<call device>"
-
-
-_TRIPPED: list[str] = []
-
-
-def install_tripwires(paths) -> list:
-    """Wrap each forbidden built-in (a dotted path) so that calling it is recorded.
-
-    The static check of the submitted code is the primary check; this one catches
-    the calls that the source hides (``getattr(F, "scaled_" + ...)``). It lives in the
-    student's process, so it can only ever lower that student's own score.
-
-    Returns what it replaced, for ``remove_tripwires`` (a kernel that goes on running
-    other cells should get its torch back).
-    """
-    import importlib
-
-    installed = []
-    for path in paths:
-        module_path, _, name = path.rpartition(".")
-        try:
-            owner = importlib.import_module(module_path)
-        except ImportError:
-            owner = importlib.import_module(module_path.rpartition(".")[0])
-            owner = getattr(owner, module_path.rpartition(".")[2])
-        original = getattr(owner, name)
-        if getattr(original, "__tripwire__", False):
-            continue
-        setattr(owner, name, _tripwire(path, original))
-        installed.append((owner, name, original))
-    return installed
-
-
-def remove_tripwires(installed) -> None:
-    """Put back what ``install_tripwires`` replaced."""
-    for owner, name, original in reversed(installed):
-        setattr(owner, name, original)
-
-
-def _tripwire(path: str, original):
-    if isinstance(original, type):  # a class: record its construction, keep isinstance working
-
-        class Tripwired(original):
-            __tripwire__ = True
-
-            def __init__(self, *args, **kwargs):
-                _TRIPPED.append(path)
-                super().__init__(*args, **kwargs)
-
-        Tripwired.__name__ = original.__name__
-        Tripwired.__qualname__ = original.__qualname__
-        return Tripwired
-
-    def wrapper(*args, **kwargs):
-        _TRIPPED.append(path)
-        return original(*args, **kwargs)
-
-    wrapper.__tripwire__ = True
-    wrapper.__wrapped__ = original
-    return wrapper
 
 
 def resolve_device(device: str) -> str:
@@ -259,19 +201,21 @@ def describe_error(error: BaseException) -> str:
     return f"{name}: {first}" if first else name
 
 
-def execute_call(namespace: Mapping, call: Call) -> Result:
-    """Run ``call`` with the callables found in ``namespace``; never raises."""
+def execute_call(namespace: Mapping, call: Call, forbidden: Iterable[str] = ()) -> Result:
+    """Run ``call`` with the callables found in ``namespace``; never raises.
+
+    ``forbidden`` names operations (``autograder.runtime.operations``) the called code may
+    not reach; those it reaches while it runs are listed in ``Result.forbidden``.
+    """
     result = Result()
-    _TRIPPED.clear()
     try:
-        _execute(namespace, call, result)
+        _execute(namespace, call, result, tuple(forbidden))
     except BaseException as error:  # a crash of the called code is data, not ours
         result.error = describe_error(error)
-    result.forbidden = sorted(set(_TRIPPED))
     return result
 
 
-def _execute(namespace: Mapping, call: Call, result: Result) -> None:
+def _execute(namespace: Mapping, call: Call, result: Result, forbidden: tuple) -> None:
     device = resolve_device(call.device)
     target = namespace.get(call.function)
     if target is None:
@@ -294,7 +238,15 @@ def _execute(namespace: Mapping, call: Call, result: Result) -> None:
         target.eval()
         parameters = dict(target.named_parameters()) if call.grad else {}
         target = getattr(target, call.module.method)
-    value = target(*args, **kwargs)
+    if forbidden:
+        watch = Watch(forbidden)
+        try:
+            with watch:
+                value = target(*args, **kwargs)
+        finally:  # what it reached counts even when it then raised
+            result.forbidden = list(watch.reached)
+    else:
+        value = target(*args, **kwargs)
     result.calls, result.recorded = _recorded(log)
     outputs: list = []
     result.structure = _flatten(value, outputs)

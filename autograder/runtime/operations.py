@@ -372,60 +372,6 @@ OPERATIONS: dict[str, Operation] = {
     )
 }
 
-_ATTENTION = (SDPA, FLEX_ATTENTION, MHA, MHA_FORWARD)
-_MASKED_ATTENTION = (*_ATTENTION, MASKED_SOFTMAX)
-_TRANSFORMER_CLASSES = (ENCODER_LAYER, DECODER_LAYER, ENCODER, DECODER, TRANSFORMER)
-_PATCHES = (UNFOLD, CONVOLUTION, PIXEL_UNSHUFFLE)
-
-# SPEC.md's forbidden lists, per assignment and contract name, with the built-ins that do
-# the same job under another name (flex_attention, the masked softmaxes, the other
-# normalisation layers, pixel_unshuffle).
-FORBIDDEN_BY_ASSIGNMENT: dict[str, dict[str, tuple[str, ...]]] = {
-    "ch01_seq2seq": {
-        "rnn_cell": (RECURRENT,),
-        "rnn_encode": (RECURRENT,),
-        "shift_right": (),
-        "sequence_cross_entropy": (CROSS_ENTROPY, NLL_LOSS),
-        "greedy_decode": (),
-    },
-    "ch02_attention": {
-        "dot_scores": _ATTENTION,
-        "additive_scores": _ATTENTION,
-        "lengths_to_mask": _ATTENTION,
-        "masked_softmax": _MASKED_ATTENTION,
-        "attend": _MASKED_ATTENTION,
-    },
-    "ch03_self_attention": {
-        "scaled_dot_product_attention": _ATTENTION,
-        "self_attention": _ATTENTION,
-        "sinusoidal_positional_encoding": _ATTENTION,
-    },
-    "ch04_masking": {
-        "causal_mask": _ATTENTION,
-        "padding_mask": _ATTENTION,
-        "masked_attention": _MASKED_ATTENTION,
-        "causal_self_attention": _MASKED_ATTENTION,
-    },
-    "ch05_multihead": {
-        "split_heads": _ATTENTION,
-        "merge_heads": _ATTENTION,
-        "multi_head_attention": _MASKED_ATTENTION,
-    },
-    "ch06_transformer": {
-        "layer_norm": (LAYER_NORM, OTHER_NORMS),
-        "feed_forward": (),
-        # They may use their nn.MultiheadAttention and nn.LayerNorm submodules.
-        "EncoderLayer": _TRANSFORMER_CLASSES,
-        "DecoderLayer": _TRANSFORMER_CLASSES,
-    },
-    "ch07_vit": {
-        "patchify": _PATCHES,
-        "PatchEmbedding": _PATCHES,
-        # It runs the given nn.TransformerEncoderLayer blocks.
-        "ViT": (),
-    },
-}
-
 
 def _check_names(names: Iterable[str]) -> frozenset[str]:
     if isinstance(names, str):

@@ -133,7 +133,7 @@ class Worker:
         self,
         cells: Sequence[str],
         plan: Mapping[str, Sequence[Call]],
-        tripwires: Sequence[str] = (),
+        forbidden: Mapping[str, Sequence[str]] | None = None,
     ) -> RunReport:
         report = RunReport(
             results=dict.fromkeys(plan),
@@ -145,7 +145,7 @@ class Worker:
             self,
             list(cells),
             {name: list(calls) for name, calls in plan.items()},
-            list(tripwires),
+            {name: list(ops) for name, ops in (forbidden or {}).items()},
             report,
         ).execute()
         return report
@@ -247,12 +247,12 @@ class _Restart(Exception):
 class _Run:
     """One submission through one Worker: as many children as its failures need."""
 
-    def __init__(self, worker: Worker, cells, plan, tripwires, report: RunReport):
+    def __init__(self, worker: Worker, cells, plan, forbidden, report: RunReport):
         self.worker = worker
         self.limits = worker.limits
         self.cells = cells
         self.plan = plan
-        self.tripwires = tripwires
+        self.forbidden = forbidden
         self.report = report
         self.pending = list(plan)
         self.function_of = {name: calls[0].function for name, calls in plan.items() if calls}
@@ -300,7 +300,7 @@ class _Run:
             "type": "job",
             "cells": self.cells,
             "checks": checks,
-            "tripwires": self.tripwires,
+            "forbidden": self.forbidden,
             "call_cpu_seconds": self.limits.call_cpu_seconds,
         }
         return {"meta": meta, "tensors": packer.tensors}
