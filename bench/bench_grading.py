@@ -62,7 +62,7 @@ import nbformat
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from autograder.gradebook import course_settings  # noqa: E402
+from autograder.engine.gradebook import course_settings  # noqa: E402
 from autograder.mutants.ch03_self_attention import MUTANTS  # noqa: E402
 from exercises import build  # noqa: E402
 

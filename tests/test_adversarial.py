@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 from leaks import leak_markers, reference_code_lines
 
-from autograder import grading
+from autograder.engine import grading
+from autograder.engine.notebook import load_notebook
 from autograder.mutants import ch03_self_attention as mutants
-from autograder.notebook import load_notebook
 from autograder.sandbox import Limits, Worker
-from autograder.sandbox_launch import bwrap_works
+from autograder.sandbox.launch import bwrap_works
 
 pytestmark = pytest.mark.slow
 
@@ -276,6 +276,7 @@ def submission(replaced: dict[str, str]) -> dict:
 
 def mutant_cell() -> str:
     source = inspect.getsource(mutants.self_softmax_over_queries)
+    source = source[source.index("def ") :]  # without the registering decorator
     return "import math\nimport torch\n\n" + source.replace("self_softmax_over_queries", SELF)
 
 

@@ -14,10 +14,12 @@ reference module in the grading process, the student's namespace in the child.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+
+from .operations import Watch
 
 ACCELERATOR = "accelerator"  # resolved to "cuda" when present, else "cpu"
 # The prefix of a Result.error about what the code returned (rather than raised).
@@ -26,66 +28,6 @@ MAX_OUTPUTS = 64  # values in one call's result; a contract function returns a f
 # An argument equal to this string is replaced by the call's resolved device (as a
 # string), for functions that take a ``device`` argument and no tensor to follow.
 CALL_DEVICE = "<call device>"
-
-
-_TRIPPED: list[str] = []
-
-
-def install_tripwires(paths) -> list:
-    """Wrap each forbidden built-in (a dotted path) so that calling it is recorded.
-
-    The static check of the submitted code is the primary check; this one catches
-    the calls that the source hides (``getattr(F, "scaled_" + ...)``). It lives in the
-    student's process, so it can only ever lower that student's own score.
-
-    Returns what it replaced, for ``remove_tripwires`` (a kernel that goes on running
-    other cells should get its torch back).
-    """
-    import importlib
-
-    installed = []
-    for path in paths:
-        module_path, _, name = path.rpartition(".")
-        try:
-            owner = importlib.import_module(module_path)
-        except ImportError:
-            owner = importlib.import_module(module_path.rpartition(".")[0])
-            owner = getattr(owner, module_path.rpartition(".")[2])
-        original = getattr(owner, name)
-        if getattr(original, "__tripwire__", False):
-            continue
-        setattr(owner, name, _tripwire(path, original))
-        installed.append((owner, name, original))
-    return installed
-
-
-def remove_tripwires(installed) -> None:
-    """Put back what ``install_tripwires`` replaced."""
-    for owner, name, original in reversed(installed):
-        setattr(owner, name, original)
-
-
-def _tripwire(path: str, original):
-    if isinstance(original, type):  # a class: record its construction, keep isinstance working
-
-        class Tripwired(original):
-            __tripwire__ = True
-
-            def __init__(self, *args, **kwargs):
-                _TRIPPED.append(path)
-                super().__init__(*args, **kwargs)
-
-        Tripwired.__name__ = original.__name__
-        Tripwired.__qualname__ = original.__qualname__
-        return Tripwired
-
-    def wrapper(*args, **kwargs):
-        _TRIPPED.append(path)
-        return original(*args, **kwargs)
-
-    wrapper.__tripwire__ = True
-    wrapper.__wrapped__ = original
-    return wrapper
 
 
 def resolve_device(device: str) -> str:
@@ -103,6 +45,26 @@ class Module:
     init_kwargs: Mapping = field(default_factory=dict)
     state_dict: Mapping[str, torch.Tensor] = field(default_factory=dict)
     method: str = "forward"
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A callable argument described as data; the process that runs the call builds it.
+
+    The grader never sends code: it names a ``kind`` of callable and its tensors, and the
+    executing process builds the function, counts its calls and records the first argument
+    of each (``Result.calls``, ``Result.recorded``). Kinds:
+
+    - ``"rnn"``: a recurrent decoder step, ``step(prev_tokens (B,), h (B, H)) ->
+      (logits (B, V), h)`` with ``h = tanh(embedding[prev_tokens] + h @ W_hh.T)`` and
+      ``logits = h @ W_out.T``; tensors ``embedding`` (V, H), ``W_hh`` (H, H), ``W_out`` (V, H).
+    - ``"scripted"``: call i returns ``(logits[i], h + 1)`` whatever it is given (the last
+      row again past the end); tensor ``logits`` (calls, B, V).
+    """
+
+    name: str  # what feedback calls it, e.g. "step"
+    kind: str
+    tensors: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,6 +108,8 @@ class Result:
     inputs_after: dict = field(default_factory=dict)
     error: str | None = None
     forbidden: list = field(default_factory=list)
+    calls: dict = field(default_factory=dict)  # callback name -> number of calls
+    recorded: dict = field(default_factory=dict)  # callback name -> first arguments, stacked
 
 
 def upstream_weights(output: torch.Tensor, seed: int, index: int) -> torch.Tensor:
@@ -155,7 +119,10 @@ def upstream_weights(output: torch.Tensor, seed: int, index: int) -> torch.Tenso
     return weights.to(dtype=output.dtype, device=output.device)
 
 
-def _prepare(value, device: str, dtype, grad: bool):
+def _prepare(value, device: str, dtype, grad: bool, callbacks=None):
+    if isinstance(value, Callback):
+        tensors = {k: _prepare(t, device, dtype, False) for k, t in value.tensors.items()}
+        return _build_callback(value, tensors, callbacks)
     if isinstance(value, torch.Tensor):
         tensor = value.detach()
         if dtype is not None and tensor.is_floating_point():
@@ -165,10 +132,41 @@ def _prepare(value, device: str, dtype, grad: bool):
             tensor.requires_grad_(True)
         return tensor
     if isinstance(value, (list, tuple)):
-        return type(value)(_prepare(item, device, dtype, grad) for item in value)
+        return type(value)(_prepare(item, device, dtype, grad, callbacks) for item in value)
     if isinstance(value, str) and value == CALL_DEVICE:
         return device
     return value
+
+
+def _build_callback(spec: Callback, tensors: dict, log: dict | None):
+    """The live function of ``spec``; each call's first argument is appended to ``log``."""
+    arguments = [] if log is None else log.setdefault(spec.name, [])
+
+    def rnn(prev_tokens, h):
+        arguments.append(prev_tokens.detach().clone())
+        h = torch.tanh(tensors["embedding"][prev_tokens] + h @ tensors["W_hh"].T)  # (B, H)
+        return h @ tensors["W_out"].T, h  # (B, V), (B, H)
+
+    def scripted(prev_tokens, h):
+        arguments.append(prev_tokens.detach().clone())
+        logits = tensors["logits"]  # (calls, B, V)
+        return logits[min(len(arguments), len(logits)) - 1], h + 1
+
+    builders = {"rnn": rnn, "scripted": scripted}
+    if spec.kind not in builders:
+        raise ValueError(f"unknown kind of callback {spec.kind!r}")
+    return builders[spec.kind]
+
+
+def _recorded(log: dict) -> tuple[dict, dict]:
+    """(calls per callback, the first arguments of its calls stacked when they stack)."""
+    calls = {name: len(arguments) for name, arguments in log.items()}
+    recorded = {}
+    for name, arguments in log.items():
+        shapes = {(tuple(a.shape), a.dtype) for a in arguments if isinstance(a, torch.Tensor)}
+        if arguments and len(shapes) == 1 and all(isinstance(a, torch.Tensor) for a in arguments):
+            recorded[name] = torch.stack(arguments)
+    return calls, recorded
 
 
 def _flatten(value, outputs: list) -> str:
@@ -203,25 +201,28 @@ def describe_error(error: BaseException) -> str:
     return f"{name}: {first}" if first else name
 
 
-def execute_call(namespace: Mapping, call: Call) -> Result:
-    """Run ``call`` with the callables found in ``namespace``; never raises."""
+def execute_call(namespace: Mapping, call: Call, forbidden: Iterable[str] = ()) -> Result:
+    """Run ``call`` with the callables found in ``namespace``; never raises.
+
+    ``forbidden`` names operations (``autograder.runtime.operations``) the called code may
+    not reach; those it reaches while it runs are listed in ``Result.forbidden``.
+    """
     result = Result()
-    _TRIPPED.clear()
     try:
-        _execute(namespace, call, result)
+        _execute(namespace, call, result, tuple(forbidden))
     except BaseException as error:  # a crash of the called code is data, not ours
         result.error = describe_error(error)
-    result.forbidden = sorted(set(_TRIPPED))
     return result
 
 
-def _execute(namespace: Mapping, call: Call, result: Result) -> None:
+def _execute(namespace: Mapping, call: Call, result: Result, forbidden: tuple) -> None:
     device = resolve_device(call.device)
     target = namespace.get(call.function)
     if target is None:
         raise NameError(f"{call.function} is not defined")
-    args = _prepare(call.args, device, call.dtype, call.grad)
-    kwargs = {k: _prepare(v, device, call.dtype, call.grad) for k, v in call.kwargs.items()}
+    log: dict = {}
+    args = _prepare(call.args, device, call.dtype, call.grad, log)
+    kwargs = {k: _prepare(v, device, call.dtype, call.grad, log) for k, v in call.kwargs.items()}
     inputs = _named_inputs(args, kwargs)
     parameters = {}
     torch.manual_seed(call.seed)
@@ -237,7 +238,16 @@ def _execute(namespace: Mapping, call: Call, result: Result) -> None:
         target.eval()
         parameters = dict(target.named_parameters()) if call.grad else {}
         target = getattr(target, call.module.method)
-    value = target(*args, **kwargs)
+    if forbidden:
+        watch = Watch(forbidden)
+        try:
+            with watch:
+                value = target(*args, **kwargs)
+        finally:  # what it reached counts even when it then raised
+            result.forbidden = list(watch.reached)
+    else:
+        value = target(*args, **kwargs)
+    result.calls, result.recorded = _recorded(log)
     outputs: list = []
     result.structure = _flatten(value, outputs)
     if len(outputs) > MAX_OUTPUTS:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import hmac
 import json
 import os
 import queue
@@ -34,21 +35,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder import gradebook
-from autograder.battery import (
+from autograder.engine import gradebook
+from autograder.engine.notebook import KnownCells, Submission, read_submission
+from autograder.kit.battery import (
     Battery,
     Outcome,
     Plan,
-    forbidden_in_source,
+    fail_forbidden,
     judge_plan,
     make_plan,
     one_torch_thread,
     run_reference,
     scores_by_function,
 )
-from autograder.notebook import KnownCells, Submission, read_submission
+from autograder.runtime.operations import forbidden_in_source
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 SEED_VARIABLE = "AUTOGRADER_SEED"
 MESSAGE_LIMIT = 500
 ABORT_WAIT_SECONDS = 3.0  # for the threads to notice an interruption
@@ -56,6 +58,10 @@ ABORT_WAIT_SECONDS = 3.0  # for the threads to notice an interruption
 
 class GradingError(Exception):
     """A problem with the run itself (not with a submission): bad paths, unknown assignment."""
+
+
+class SelfCheckFailed(GradingError):
+    """The reference solutions did not get full marks through the students' path."""
 
 
 # Finding the submissions ---------------------------------------------------------------
@@ -109,6 +115,15 @@ def resolve_seed(out_dir: Path, assignment_id: str, seed: int | None) -> int:
     return secrets.randbits(63)
 
 
+def record_key(out_dir: Path) -> str:
+    """The key that signs this output folder's records: kept in run.json, made once."""
+    previous = read_json(out_dir / "run.json")
+    key = previous.get("record_key") if isinstance(previous, dict) else None
+    if isinstance(key, str) and len(key) == 64:
+        return key
+    return secrets.token_hex(32)
+
+
 def prepare_out_dir(out_dir: Path) -> None:
     """Create the output folder, readable by its owner only (it holds the seed)."""
     for folder in (out_dir, out_dir / "records", out_dir / "feedback"):
@@ -142,7 +157,6 @@ class Setup:
     plan: Plan
     expected: Mapping
     known: KnownCells
-    tripwires: list[str]
 
 
 def course_notebooks(course_root: Path, assignment_id: str) -> list[Path]:
@@ -154,8 +168,7 @@ def make_setup(battery: Battery, seed: int, course_root: Path) -> Setup:
     plan = make_plan(battery, seed)
     expected = run_reference(battery, plan)
     known = KnownCells.from_notebooks(course_notebooks(course_root, battery.assignment))
-    tripwires = sorted({path for paths in battery.forbidden.values() for path in paths})
-    return Setup(battery, plan, expected, known, tripwires)
+    return Setup(battery, plan, expected, known)
 
 
 # Grading one submission ------------------------------------------------------------------
@@ -173,10 +186,9 @@ def grade_submission(setup: Setup, worker, entry: Entry) -> dict:
     if not submission.readable:
         return not_graded(record, "unreadable", submission.problems[0])
     forbidden = static_forbidden(battery, submission)
-    report = worker.run(submission.cells, setup.plan.calls, setup.tripwires)
-    actual = keep_own_forbidden(battery, report.results)
-    outcomes = judge_plan(battery, setup.plan, actual, setup.expected, report.failures)
-    outcomes = fail_forbidden(outcomes, forbidden)
+    report = worker.run(submission.cells, setup.plan.calls, battery.forbidden)
+    outcomes = judge_plan(battery, setup.plan, report.results, setup.expected, report.failures)
+    outcomes = fail_forbidden(outcomes, forbidden, how="names")
     record.update(
         status="graded",
         isolation=report.isolation,
@@ -217,41 +229,14 @@ def not_graded(record: dict, status: str, reason: str) -> dict:
 
 
 def static_forbidden(battery: Battery, submission: Submission) -> dict[str, list[str]]:
-    """For each contract function, the forbidden built-ins its defining cell names."""
+    """For each contract function, the forbidden operations its defining cell names (the
+    second line: the sandbox watches what each function reaches while it runs)."""
     return {
         function: forbidden_in_source(
             source, battery.forbidden.get(function, ()), own_names=battery.functions
         )
         for function, source in submission.function_sources.items()
     }
-
-
-def keep_own_forbidden(battery: Battery, results: Mapping) -> dict:
-    """Keep, in each check's results, only the tripwires forbidden for that check's function.
-
-    The sandbox sets every tripwire of the battery at once; a built-in forbidden in one
-    exercise may be allowed in another.
-    """
-    functions = {check.name: check.function for check in battery.checks}
-    kept = {}
-    for name, check_results in results.items():
-        allowed = set(battery.forbidden.get(functions.get(name), ()))
-        if check_results is not None:
-            for result in check_results:
-                result.forbidden = [path for path in result.forbidden if path in allowed]
-        kept[name] = check_results
-    return kept
-
-
-def fail_forbidden(outcomes: list[Outcome], forbidden: Mapping[str, list[str]]) -> list[Outcome]:
-    failed = []
-    for outcome in outcomes:
-        names = forbidden.get(outcome.check.function)
-        if names:
-            reason = f"your code uses the forbidden {', '.join(names)}"
-            outcome = Outcome(outcome.check, False, reason)
-        failed.append(outcome)
-    return failed
 
 
 def cell_errors(submission: Submission, errors: Iterable) -> list[dict]:
@@ -284,34 +269,135 @@ def fill_scores(record: dict, battery: Battery, outcomes: Sequence[Outcome], for
 
 
 def grading_failed(record: dict, error: BaseException) -> dict:
-    """A record for a submission the grader itself failed on; it is retried on the next run.
+    """A record for a submission the grader itself failed on: no score, retried next run.
 
-    The detail is for the instructor; the feedback shows only the reason.
+    The detail is for the instructor; the student reads only that the grader failed.
     """
     record["error_detail"] = "".join(traceback.format_exception(error))[-4000:]
     return not_graded(
-        record, "error", f"the grader failed on this submission ({type(error).__name__})"
+        record, "error", f"grader error ({type(error).__name__}): this is not your mistake"
     )
+
+
+# The self-check ------------------------------------------------------------------------------
+
+SELF_CHECK_STUDENT = "reference solutions (self-check)"
+
+# What a failing self-check most likely means, by a phrase of the failed checks' reasons.
+SELF_CHECK_CAUSES = (
+    (
+        "harness",
+        "the sandboxed child cannot run the grading code: it may be unable to read the Python"
+        " installation or the course (a private folder with --isolation process). Install"
+        " bubblewrap (apt-get install bubblewrap) and use --isolation bubblewrap, or put the"
+        " course and its .venv in a folder other users can read.",
+    ),
+    (
+        "ran for more than",
+        "this machine is too slow for the time limit: raise it with --time-limit SECONDS.",
+    ),
+    (
+        "memory",
+        "the memory limit is too low for this machine: raise it with --memory-limit GIB.",
+    ),
+    (
+        "CPU time",
+        "the CPU-time limit is too low for this machine: raise it with --time-limit SECONDS.",
+    ),
+)
+
+
+def reference_entry(course_root: Path, assignment_id: str) -> Entry:
+    """The course's source notebook (its answer cells hold the reference solutions)."""
+    source = course_root / "source" / assignment_id / f"{assignment_id}.ipynb"
+    if not source.is_file():
+        raise SelfCheckFailed(
+            f"the self-check needs the source notebook {source}: run"
+            f" `python exercises/build.py {assignment_id}` to write it"
+        )
+    return Entry(SELF_CHECK_STUDENT, source)
+
+
+def self_check(setup: Setup, worker, course_root: Path) -> dict:
+    """Grade the reference solutions exactly as a student is graded; raise unless full marks.
+
+    Same notebook reader, sandbox, isolation level, limits, devices and judges: a failure
+    here is the grader's, and grading students would blame them for it.
+    """
+    record = grade_submission(setup, worker, reference_entry(course_root, setup.battery.assignment))
+    if record["status"] == "graded" and record["score"] == record["max_score"]:
+        return record
+    raise SelfCheckFailed(self_check_message(record))
+
+
+def self_check_message(record: dict) -> str:
+    if record["status"] != "graded":
+        failures = [record.get("reason", "not graded")]
+        detail = record.get("error_detail", "")
+    else:
+        failures = [
+            check["feedback"]
+            for entry in record["functions"].values()
+            for check in entry["checks"]
+            if not check["passed"]
+        ]
+        detail = ""
+    text = " ".join(failures)
+    causes = [advice for phrase, advice in SELF_CHECK_CAUSES if phrase in text] or [
+        "the battery and the reference solutions disagree: a bug in the course, not in the"
+        " students' code. Run the test suite (bash scripts/test.sh) to find it."
+    ]
+    lines = [
+        "the self-check failed: the reference solutions, graded through the same sandbox,"
+        f" isolation level ({record.get('isolation') or 'none'}), limits and devices as the"
+        f" students, scored {_number(record['score'])} / {_number(record['max_score'])}."
+        " No student was graded. Failed checks:",
+        *(f"  - {failure}" for failure in failures[:10]),
+    ]
+    if len(failures) > 10:
+        lines.append(f"  ... and {len(failures) - 10} more")
+    lines += ["Likely cause and fix:", *(f"  - {cause}" for cause in causes)]
+    if detail:
+        lines += ["Detail:", detail]
+    return "\n".join(lines)
 
 
 # Records ----------------------------------------------------------------------------------
 
 
 class RecordStore:
-    """One JSON record per student under ``<out>/records``."""
+    """One JSON record per student under ``<out>/records``, signed with the run's key.
 
-    def __init__(self, out_dir: Path):
+    A record whose signature does not match was not written by this grader (a submission
+    or a person changed it): ``load`` ignores it, so the student is graded again, and
+    ``forged`` names them for the summary.
+    """
+
+    def __init__(self, out_dir: Path, key: str):
         self.folder = out_dir / "records"
+        self.key = key.encode()
+        self.forged: set[str] = set()
 
     def path(self, student: str) -> Path:
         return self.folder / f"{student}.json"
 
+    def signature(self, record: dict) -> str:
+        unsigned = {name: value for name, value in record.items() if name != "signature"}
+        text = json.dumps(unsigned, sort_keys=True).encode()
+        return hmac.new(self.key, text, hashlib.sha256).hexdigest()
+
     def load(self, student: str) -> dict | None:
         record = read_json(self.path(student))
-        return record if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            return None
+        if not hmac.compare_digest(str(record.get("signature")), self.signature(record)):
+            self.forged.add(student)
+            return None
+        return record
 
     def write(self, record: dict) -> None:
-        write_atomically(self.path(record["student"]), json.dumps(record, indent=1))
+        signed = {**record, "signature": self.signature(record)}
+        write_atomically(self.path(record["student"]), json.dumps(signed, indent=1))
 
 
 def is_done(record: dict | None, assignment_id: str, entry: Entry) -> bool:
@@ -438,18 +524,33 @@ def _close(worker) -> None:
 # Outputs, rebuilt from the records ----------------------------------------------------------
 
 
-def final_records(store: RecordStore, entries: Sequence[Entry]) -> list[dict]:
-    return [record for entry in entries if (record := store.load(entry.student))]
+def final_records(store: RecordStore, entries: Sequence[Entry], battery: Battery) -> list[dict]:
+    """Every student's record; one changed after it was written counts as a grader error."""
+    records = []
+    for entry in entries:
+        record = store.load(entry.student)
+        if record is None and store.path(entry.student).exists():
+            reason = "grader error: the record was changed after grading (run again to regrade)"
+            record = not_graded(new_record(battery, entry), "error", reason)
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def grader_failed(record: dict) -> bool:
+    """Whether the grader (not the submission) failed: such a record carries no score."""
+    return record["status"] == "error"
 
 
 def write_csv(path: Path, battery: Battery, records: Sequence[dict]) -> None:
+    """One row per student; the scores of a student the grader failed on are left empty."""
     functions = battery.functions
     rows = [["student", *functions, "total", "max"]]
     for record in records:
-        scores = [_number(record["functions"][f]["score"]) for f in functions]
-        rows.append(
-            [record["student"], *scores, _number(record["score"]), _number(record["max_score"])]
-        )
+        scored = not grader_failed(record)
+        scores = [_number(record["functions"][f]["score"]) if scored else "" for f in functions]
+        total = _number(record["score"]) if scored else ""
+        rows.append([record["student"], *scores, total, _number(record["max_score"])])
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)
@@ -485,7 +586,7 @@ def json_records(records: Sequence[dict]) -> list[dict]:
             "student": record["student"],
             "assignment": record["assignment"],
             "function": function,
-            "score": entry["score"],
+            "score": None if grader_failed(record) else entry["score"],
             "max_score": entry["max_score"],
             "feedback": function_feedback(record, function),
         }
@@ -558,6 +659,9 @@ class Summary:
     failed_checks: list[tuple[str, int]] = field(default_factory=list)
     problems: dict[str, list[str]] = field(default_factory=dict)
     not_graded: dict[str, str] = field(default_factory=dict)
+    grader_errors: list[str] = field(default_factory=list)  # students not graded: our failure
+    self_checked: bool = False  # the reference got full marks through the students' path
+    forged: list[str] = field(default_factory=list)  # records this grader did not write
     tampering: list[gradebook.Suspect] = field(default_factory=list)
     gradebook_note: str = ""
     isolation: dict[str, int] = field(default_factory=dict)
@@ -577,6 +681,7 @@ def summarise(summary: Summary, records: Sequence[dict], top: int = 5) -> Summar
     )
     summary.failed_checks = failures.most_common(top)
     summary.problems = {r["student"]: r["problems"] for r in records if r["problems"]}
+    summary.grader_errors = [r["student"] for r in records if grader_failed(r)]
     summary.not_graded = {
         r["student"]: r.get("reason", "") for r in records if r["status"] != "graded"
     }
@@ -587,10 +692,25 @@ def summarise(summary: Summary, records: Sequence[dict], top: int = 5) -> Summar
 # The whole run ------------------------------------------------------------------------------
 
 
-def default_worker_factory(isolation: str, limits=None) -> Callable:
+def checked_worker(setup: Setup, factory: Callable, course_root: Path) -> Callable:
+    """A worker factory whose first worker has passed the self-check (it is reused)."""
+    try:
+        first = factory()
+    except RuntimeError as error:  # no sandbox of the kind asked for can start here
+        raise GradingError(str(error)) from error
+    try:
+        self_check(setup, first, course_root)
+    except BaseException:
+        _close(first)
+        raise
+    ready = [first]
+    return lambda: ready.pop() if ready else factory()
+
+
+def default_worker_factory(isolation: str, limits=None, accept_weak: bool = False) -> Callable:
     from autograder.sandbox import Limits, Worker
 
-    return lambda: Worker(limits or Limits(), isolation=isolation)
+    return lambda: Worker(limits or Limits(), isolation=isolation, accept_weak=accept_weak)
 
 
 def load_battery(assignment_id: str) -> Battery:
@@ -618,6 +738,7 @@ def grade(
     seed: int | None = None,
     *,
     isolation: str = "auto",
+    accept_weak: bool = False,
     limits=None,
     battery: Battery | None = None,
     worker_factory: Callable | None = None,
@@ -636,8 +757,10 @@ def grade(
     course_root = course or course_root or REPOSITORY / "exercises"
     prepare_out_dir(out_dir)
     seed = resolve_seed(out_dir, assignment_id, seed)
-    write_atomically(out_dir / "run.json", json.dumps({"assignment": assignment_id, "seed": seed}))
-    store = RecordStore(out_dir)
+    key = record_key(out_dir)
+    run = {"assignment": assignment_id, "seed": seed, "record_key": key}
+    write_atomically(out_dir / "run.json", json.dumps(run))
+    store = RecordStore(out_dir, key)
     pending = [e for e in entries if force or not is_done(store.load(e.student), assignment_id, e)]
     summary = Summary(assignment_id, out_dir, graded_now=len(pending))
     summary.skipped = len(entries) - len(pending)
@@ -647,9 +770,12 @@ def grade(
         with one_torch_thread():
             setup = make_setup(battery, seed, course_root)
             size = max(1, min(workers or os.cpu_count() or 1, len(pending)))
-            factory = worker_factory or default_worker_factory(isolation, limits)
-            Pool(setup, factory, store, size).run(pending, on_record or (lambda record: None))
-    records = final_records(store, entries)
+            factory = worker_factory or default_worker_factory(isolation, limits, accept_weak)
+            checked = checked_worker(setup, factory, course_root)
+            summary.self_checked = True
+            Pool(setup, checked, store, size).run(pending, on_record or (lambda record: None))
+    records = final_records(store, entries, battery)
+    summary.forged = sorted(store.forged)
     write_outputs(out_dir, battery, records, json_path)
     if course is not None:
         summary.tampering, summary.gradebook_note = gradebook.record_scores(

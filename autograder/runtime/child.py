@@ -2,7 +2,7 @@
 
 This runs in the confined child, next to student code, with the data channel on file
 descriptor 3. It reads one job (cells, cells to skip, the calls of every check, the
-checks to run, tripwires), then sends, in order:
+checks to run, the operations each contract may not reach), then sends, in order:
 
     {"type": "cell", "number": N}        before running cell N (1-based)
     {"type": "loaded", "cell_errors": [[N, "Type: message"], ...]}
@@ -23,8 +23,9 @@ import sys
 
 import torch
 
-from .executor import RETURNED, Result, describe_error, execute_call, install_tripwires
-from .sandbox_codec import MAX_BLOB, FrameReader, TensorPacker, decode_call, encode_result, frame
+from . import operations  # noqa: F401  (imported before any student code runs)
+from .codec import MAX_BLOB, FrameReader, TensorPacker, decode_call, encode_result, frame
+from .executor import RETURNED, Result, describe_error, execute_call
 
 CHANNEL_FD = 3
 EXIT_CHANNEL_LOST = 71  # the data channel broke: the grader reports it
@@ -40,7 +41,6 @@ def serve() -> None:
     """Run one job from the channel; always ends the process."""
     owner = _getpid()
     job, tensors = _receive_job()
-    install_tripwires(job["tripwires"])
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     errors = []
     for number, source in enumerate(job["cells"], start=1):
@@ -56,8 +56,7 @@ def serve() -> None:
         for index, encoded in enumerate(job["checks"][name]):
             call = decode_call(encoded, tensors)
             _limit_cpu(job["call_cpu_seconds"])
-            install_tripwires(job["tripwires"])
-            result = execute_call(namespace, call)
+            result = execute_call(namespace, call, job["forbidden"].get(call.function, ()))
             _send_result(name, index, result, owner)
         if _leftovers(job["own_uid"]) != baseline:
             _send({"type": "dirty"}, owner=owner)

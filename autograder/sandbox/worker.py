@@ -11,8 +11,8 @@ then the calls of each check. The process tree, under bubblewrap::
                         └─ whatever student code starts (killed after each child)
 
 The grader sends the child one job (JSON + safetensors); the child answers with framed
-messages, one per call (``sandbox_child`` lists them), which the grader decodes without
-unpickling (``sandbox_codec``). A child that dies, hangs or sends garbage costs the
+messages, one per call (``autograder.runtime.child`` lists them), which the grader decodes without
+unpickling (``autograder.runtime.codec``). A child that dies, hangs or sends garbage costs the
 check (or the top-level cell) it was running: the grader records why, and a new child
 re-executes the cells and goes on with the remaining checks.
 
@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .executor import ACCELERATOR, Call, Result
-from .sandbox_child import EXIT_CHANNEL_LOST
-from .sandbox_codec import Malformed, TensorPacker, decode_result, encode_call, frame
-from .sandbox_launch import bwrap_works
-from .sandbox_link import ChildLink, Ended, ServerGone, ServerLink, TimedOut
-from .sandbox_server import EXIT_CONFINE_FAILED
+from autograder.runtime.child import EXIT_CHANNEL_LOST
+from autograder.runtime.codec import Malformed, TensorPacker, decode_result, encode_call, frame
+from autograder.runtime.executor import ACCELERATOR, Call, Result
+from autograder.runtime.server import EXIT_CONFINE_FAILED, EXIT_HARNESS_BROKEN
+
+from .launch import bwrap_problem
+from .link import ChildLink, Ended, ServerGone, ServerLink, TimedOut
 
 ISOLATION_LEVELS = """\
 Isolation levels
@@ -52,16 +53,21 @@ signal or trace the fork server, and every process of that user is killed after 
 child. Rootless, bubblewrap maps a single user: a child can then kill the fork server
 (the Worker restarts it), but nothing outside the sandbox.
 
-process (weaker: no bubblewrap): the child is a separate process with the same limits
-(CPU and wall-clock time per call, address space, processes, output size, an empty
-working directory, a scrubbed environment, no course directory on sys.path) and, as
-root, an unprivileged user of its own. It is not hidden from the file system: it can
-read every file its user may read (a world-readable course checkout included), and it
-can use the network. As its own user it may be unable to read a Python installed in a
-private home directory: it can import only what the fork server imported beforehand
-(torch and the common standard modules). Rootless, it runs as the grader's own user
-and could signal the grader's other processes; children orphaned by a fork server that
-died are not cleaned up. Use it for development, not for grading that counts.
+process (weaker: no bubblewrap; as root only, unless accepted explicitly): the child is a
+separate process with the same limits (CPU and wall-clock time per call, address space,
+processes, output size, an empty working directory, a scrubbed environment, no course
+directory on sys.path) and an unprivileged user of its own. It is not hidden from the
+file system: it can read every file that any user may read (a world-readable course
+checkout included), and it can use the network. It cannot read the grader's output
+folder (mode 0700) nor signal the grader. As its own user it may be unable to read a
+Python installed in a private folder: it can import only what the fork server imported
+beforehand (torch and the common standard modules).
+
+process without root (refused unless --accept-weak-isolation): the child runs as the
+grader's own user. It can read and change every file that user can (solutions, the
+gradebook, other students' notebooks and records, though a record it forges is detected
+and regraded on the next run unless it also read the run's key), and signal or kill the
+grader. Only for code you trust.
 
 Both levels: a submission can only spoil its own results; what it sends back is data,
 checked and judged in the grading process. The address space is capped unless CUDA is
@@ -75,6 +81,9 @@ PROCESS = "process (weaker: no bubblewrap)"
 UID_BASE = 1_500_000_000  # children's users: far above any real account
 _uid_counter = itertools.count()
 _warned = False
+
+# The beginnings of the reasons that say a call reached its time limit.
+TIME_LIMIT_REASONS = ("your code ran for more than", "your code used more than")
 
 SIGNAL_REASONS = {
     signal.SIGSEGV: "the process crashed (segmentation fault)",
@@ -94,7 +103,7 @@ class Limits:
     load_wall_seconds: float = 30.0  # executing the notebook's cells
     memory_bytes: int = 4 << 30  # extra address space above the fork server's own
     processes: int = 64
-    output_bytes: int = 1 << 20  # stdout+stderr kept (the rest is discarded, never parsed)
+    output_bytes: int = 1 << 20  # stdout+stderr a child may write (never read, never parsed)
     disk_bytes: int = 256 << 20  # size of the private /tmp under bubblewrap
 
 
@@ -103,7 +112,6 @@ class RunReport:
     results: dict[str, list[Result] | None]  # per check name; None if it never answered
     failures: dict[str, str]  # check name -> reason, in the student's terms
     cell_errors: list[tuple[int, str]]  # (cell number, from 1; "Type: message" or reason)
-    output: str  # truncated stdout+stderr of the student's code
     isolation: str  # BUBBLEWRAP or PROCESS
     notes: list[str] = field(default_factory=list)  # limits that could not be applied
 
@@ -111,9 +119,11 @@ class RunReport:
 class Worker:
     """A fork server, and the runs of submissions through it (one at a time)."""
 
-    def __init__(self, limits: Limits | None = None, isolation: str = "auto"):
+    def __init__(
+        self, limits: Limits | None = None, isolation: str = "auto", accept_weak: bool = False
+    ):
         self.limits = limits or Limits()
-        self.bubblewrap = _choose_isolation(isolation)
+        self.bubblewrap = _choose_isolation(isolation, accept_weak)
         self.isolation = BUBBLEWRAP if self.bubblewrap else PROCESS
         self.uid = UID_BASE + (os.getpid() % (1 << 22)) * 64 + next(_uid_counter) % 64
         self._spawn_ids = itertools.count(1)
@@ -123,20 +133,19 @@ class Worker:
         self,
         cells: Sequence[str],
         plan: Mapping[str, Sequence[Call]],
-        tripwires: Sequence[str] = (),
+        forbidden: Mapping[str, Sequence[str]] | None = None,
     ) -> RunReport:
         report = RunReport(
             results=dict.fromkeys(plan),
             failures={},
             cell_errors=[],
-            output="",
             isolation=self.isolation,
         )
         _Run(
             self,
             list(cells),
             {name: list(calls) for name, calls in plan.items()},
-            list(tripwires),
+            {name: list(ops) for name, ops in (forbidden or {}).items()},
             report,
         ).execute()
         return report
@@ -174,25 +183,53 @@ class Worker:
         return self._server is not None and self._server.can_switch_user
 
 
-def _choose_isolation(isolation: str) -> bool:
-    """True for bubblewrap; warns once when "auto" has to fall back."""
+WEAK_WITHOUT_ROOT = (
+    "Without root, the process level runs student code as your own user: it can read and"
+    " change every file you can (solutions, the gradebook, other students' notebooks and"
+    " grades) and signal or kill the grader. It protects nothing against a hostile"
+    " submission; use it only for code you trust."
+)
+
+
+class IsolationUnavailable(RuntimeError):
+    """The isolation asked for cannot run here; the message says why and what to do."""
+
+
+def _choose_isolation(isolation: str, accept_weak: bool = False) -> bool:
+    """True for bubblewrap, False for the process level; raises where neither may run.
+
+    The process level runs only as root (each child then gets a user of its own), or when
+    the caller accepts its weakness explicitly. Falling back to it is never silent.
+    """
     global _warned
     if isolation not in ("auto", "bubblewrap", "process"):
         raise ValueError(f"unknown isolation {isolation!r}")
-    if isolation == "process":
-        return False
-    if bwrap_works():
+    problem = None if isolation == "process" else bwrap_problem()
+    if isolation != "process" and problem is None:
         return True
     if isolation == "bubblewrap":
-        raise RuntimeError("bubblewrap was asked for, but it cannot start a sandbox here")
+        raise IsolationUnavailable(f"--isolation bubblewrap was asked for, but {problem}")
+    root = os.geteuid() == 0
+    if not root and not accept_weak:
+        why = f"{problem} " if problem else ""
+        raise IsolationUnavailable(
+            f"{why}The process level is refused without root. {WEAK_WITHOUT_ROOT}"
+            " To use it anyway, pass --accept-weak-isolation."
+        )
     if not _warned:
         _warned = True
+        weakness = "" if root else f" {WEAK_WITHOUT_ROOT}"
+        why = f" {problem}" if problem else ""
         print(
-            "WARNING: bubblewrap is not available: student code runs with process-level "
-            "isolation only (it can read the files its user can read and use the network).",
+            "WARNING: student code runs with process-level isolation only (it can read the"
+            f" files its user can read and use the network).{why}{weakness}",
             file=sys.stderr,
         )
     return False
+
+
+class HarnessFailure(RuntimeError):
+    """The sandbox failed before any student code ran: the grader's failure, not the student's."""
 
 
 class _Problem(Exception):
@@ -210,18 +247,17 @@ class _Restart(Exception):
 class _Run:
     """One submission through one Worker: as many children as its failures need."""
 
-    def __init__(self, worker: Worker, cells, plan, tripwires, report: RunReport):
+    def __init__(self, worker: Worker, cells, plan, forbidden, report: RunReport):
         self.worker = worker
         self.limits = worker.limits
         self.cells = cells
         self.plan = plan
-        self.tripwires = tripwires
+        self.forbidden = forbidden
         self.report = report
         self.pending = list(plan)
+        self.function_of = {name: calls[0].function for name, calls in plan.items() if calls}
         self.skipped: dict[int, str] = {}  # cell number -> why it was skipped
         self.load_errors: list[tuple[int, str]] = []
-        self.output = bytearray()
-        self.truncated = False
         self.stage: tuple[str, object] | None = None
 
     def execute(self) -> None:
@@ -237,9 +273,6 @@ class _Run:
         for name in self.pending:
             self.report.failures[name] = "your code failed too many times to be graded"
         self.report.cell_errors = sorted([*self.skipped.items(), *self.load_errors])
-        self.report.output = self.output.decode(errors="replace")
-        if self.truncated:
-            self.report.output += "\n[output truncated]"
 
     def _uses_cuda(self) -> bool:
         devices = {call.device for calls in self.plan.values() for call in calls}
@@ -267,7 +300,7 @@ class _Run:
             "type": "job",
             "cells": self.cells,
             "checks": checks,
-            "tripwires": self.tripwires,
+            "forbidden": self.forbidden,
             "call_cpu_seconds": self.limits.call_cpu_seconds,
         }
         return {"meta": meta, "tensors": packer.tensors}
@@ -311,13 +344,23 @@ class _Run:
             self.skipped[what] = reason
             return True
         if kind == "check":
-            self.report.failures[what] = reason
-            self.pending.remove(what)
+            for name in self._charged_with(what, reason):
+                self.report.failures[name] = reason
+                self.pending.remove(name)
             return bool(self.pending)
         for name in self.pending:
             self.report.failures[name] = reason
         self.pending = []
         return False
+
+    def _charged_with(self, check: str, reason: str) -> list[str]:
+        """The checks that ``reason`` costs: a time limit reached in one check of a function
+        costs every check of that function still pending, without running them (a hang
+        costs one time limit per function, not one per check)."""
+        if not reason.startswith(TIME_LIMIT_REASONS):
+            return [check]
+        function = self.function_of[check]
+        return [name for name in self.pending if self.function_of[name] == function]
 
     def _load(self, child: ChildLink) -> None:
         if not child.send(self._payload(), self.limits.load_wall_seconds):
@@ -382,19 +425,18 @@ class _Run:
             child.kill()
             child.wait_exit()
             return _Problem("your code wrote unexpected data into the grader's channel")
-        return _Problem(exit_reason(child.wait_exit(), self.limits))
+        exit = child.wait_exit()
+        if exit.get("code") == EXIT_CONFINE_FAILED:
+            raise HarnessFailure("the sandbox could not confine a child process")
+        return _Problem(exit_reason(exit, self.limits))
 
     def _collect(self, child: ChildLink) -> None:
-        """Make sure the child is gone, keep its output, release its resources."""
+        """Make sure the child is gone and release its resources (its output is discarded)."""
         if child.server is self.worker._server:  # else it went down with its server
             try:
                 child.end(grace=0.5 if self.finished else 0)
             except ServerGone:
                 self.worker.restart_server()
-        room = self.limits.output_bytes - len(self.output)
-        data, more = child.read_output(max(room, 0))
-        self.output += data
-        self.truncated |= more
         child.close()
 
 
@@ -426,6 +468,9 @@ def exit_reason(exit: dict, limits: Limits) -> str:
     code = exit.get("code")
     if code == EXIT_CHANNEL_LOST:
         return "your code closed or broke the process's connection to the grader"
-    if code == EXIT_CONFINE_FAILED:
-        return "the grading harness failed in your process (did your code change its modules?)"
+    if code == EXIT_HARNESS_BROKEN:
+        return (
+            "the grading code in your process stopped with an error after your code ran"
+            " (code that changes torch, sys or os can cause this)"
+        )
     return "your code ended the process (os._exit)"

@@ -21,7 +21,7 @@ import struct
 import safetensors.torch
 import torch
 
-from .executor import Call, Module, Result
+from .executor import Call, Callback, Module, Result
 
 MAGIC = b"\xa7"
 HEADER = struct.Struct(">cII")
@@ -172,6 +172,9 @@ def _text(value, what: str) -> str:
 
 
 def encode_value(value, packer: TensorPacker):
+    if isinstance(value, Callback):
+        tensors = {name: packer.add(t) for name, t in value.tensors.items()}
+        return {"callback": {"name": value.name, "kind": value.kind, "tensors": tensors}}
     if isinstance(value, torch.Tensor):
         return {"tensor": packer.add(value)}
     if isinstance(value, torch.dtype):
@@ -187,6 +190,9 @@ def encode_value(value, packer: TensorPacker):
 
 def decode_value(encoded: dict, tensors: dict[str, torch.Tensor]):
     ((kind, value),) = encoded.items()
+    if kind == "callback":
+        tensors_of = {name: unpack_tensor(ref, tensors) for name, ref in value["tensors"].items()}
+        return Callback(value["name"], value["kind"], tensors_of)
     if kind == "tensor":
         return unpack_tensor(value, tensors)
     if kind == "dtype":
@@ -255,6 +261,8 @@ def encode_result(result: Result, packer: TensorPacker) -> dict:
         "inputs_after": {name: ref(t) for name, t in result.inputs_after.items()},
         "error": result.error,
         "forbidden": list(result.forbidden),
+        "calls": dict(result.calls),
+        "recorded": {name: ref(t) for name, t in result.recorded.items()},
     }
 
 
@@ -273,6 +281,10 @@ def decode_result(meta, tensors: dict[str, torch.Tensor]) -> Result:
         raise Malformed("a result without a list of forbidden calls")
     grads = _mapping(meta.get("grads"), "gradients")
     inputs_after = _mapping(meta.get("inputs_after"), "inputs")
+    calls = _mapping(meta.get("calls"), "call counts")
+    recorded = _mapping(meta.get("recorded"), "recorded arguments")
+    if not all(type(count) is int and 0 <= count < 1 << 31 for count in calls.values()):
+        raise Malformed("a call count that is not a small integer")
     return Result(
         structure=_text(meta.get("structure"), "a structure"),
         outputs=[tensor_or_none(ref) for ref in outputs],
@@ -282,4 +294,6 @@ def decode_result(meta, tensors: dict[str, torch.Tensor]) -> Result:
         },
         error=None if error is None else _text(error, "an error"),
         forbidden=[_text(name, "a forbidden name") for name in forbidden],
+        calls={_text(k, "a name"): count for k, count in calls.items()},
+        recorded={_text(k, "a name"): unpack_tensor(v, tensors) for k, v in recorded.items()},
     )

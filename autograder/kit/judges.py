@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from autograder.executor import RETURNED, Call, Result
+from autograder.runtime.executor import RETURNED, Call, Result
 
 
 def tensor_problem(name: str, actual, expected: torch.Tensor, rtol: float, atol: float):
@@ -84,6 +84,12 @@ def compare_result(actual: Result, expected: Result, rtol: float, atol: float, g
         problem = tensor_problem(name, a, e, rtol, atol)
         if problem:
             return problem
+    for name, count in expected.calls.items():
+        if actual.calls.get(name) != count:
+            return f"it called {name} {actual.calls.get(name, 0)} times, expected {count}"
+        e, a = expected.recorded.get(name), actual.recorded.get(name)
+        if e is not None and (a is None or tensor_problem("", a, e, 0.0, 0.0)):
+            return f"the arguments it passed to {name} differ from the expected ones"
     for name, e in expected.inputs_after.items():
         a = actual.inputs_after.get(name)
         if a is None or tensor_problem(name, a, e, 0.0, 0.0):

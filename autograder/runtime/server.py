@@ -38,12 +38,14 @@ import traceback
 import safetensors.torch  # noqa: F401  (imported once here, for every child)
 import torch
 
-from .sandbox_child import serve
-from .sandbox_confine import confine
+from .child import serve
+from .codec import FrameReader, frame
+from .confine import confine
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
-EXIT_CONFINE_FAILED = 70
+EXIT_CONFINE_FAILED = 70  # the child could not be confined: no student code ran
+EXIT_HARNESS_BROKEN = 72  # the child's grading loop failed after the student's code ran
 # Modules a submission may import: imported here, because a child running as an
 # unprivileged user may be unable to read the Python installation's files.
 PREIMPORTED = [
@@ -83,6 +85,7 @@ def main() -> None:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     _warm_up_meta()
+    _warm_up_codec()
     Server(control).loop()
 
 
@@ -96,6 +99,20 @@ def _warm_up_meta() -> None:
         q = torch.empty(2, 3, 4, device="meta", requires_grad=True)
         weights = torch.softmax(q @ q.transpose(-2, -1), dim=-1)
         (weights @ q).sum().backward()
+
+
+def _warm_up_codec() -> None:
+    """Send and read back a frame with a tensor of every dtype a result can hold.
+
+    safetensors imports parts of numpy (``numpy.ctypeslib``) on first use; a child running
+    as an unprivileged user may be unable to read them from a private installation. Filling
+    two-element tensors starts no thread pool.
+    """
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.bool)
+    tensors = {str(dtype): torch.zeros(2, dtype=dtype) for dtype in dtypes}
+    reader = FrameReader()
+    reader.feed(frame({"type": "warm-up"}, tensors))
+    reader.next()
 
 
 def _harden() -> None:
@@ -170,12 +187,14 @@ class Server:
         try:
             self.control.detach()  # the number may be reused by the data channel
             confine(spec, data_fd, output_fd)
+        except BaseException:  # before any student code: the harness's own failure
+            _print_traceback()
+            os._exit(EXIT_CONFINE_FAILED)
+        try:
             serve()
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                traceback.print_exc()
-                sys.stderr.flush()
-        os._exit(EXIT_CONFINE_FAILED)
+        except BaseException:  # after student code ran, which may have broken the harness
+            _print_traceback()
+        os._exit(EXIT_HARNESS_BROKEN)
 
     def kill_current(self) -> None:
         """Kill the current child; ``finish`` sweeps up what it left once it is reaped."""
@@ -219,6 +238,12 @@ class Server:
         if ended["uid"] is not None:
             kill_user(ended["uid"])
         kill_descendants()
+
+
+def _print_traceback() -> None:
+    with contextlib.suppress(BaseException):
+        traceback.print_exc()
+        sys.stderr.flush()
 
 
 def kill_user(uid: int) -> None:

@@ -15,7 +15,6 @@ compares the ``Result``s that come back with the reference's.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
 import importlib
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from autograder.executor import Call, Result, execute_call
+from autograder.runtime.executor import Call, Result, execute_call
 
 # A judge returns None when the student's results are right, else a short reason
 # (in the student's terms, never showing reference values or hidden inputs).
@@ -33,7 +32,13 @@ Judge = Callable[[Sequence[Call], Sequence[Result], Sequence[Result]], "str | No
 
 @dataclass(frozen=True)
 class Check:
-    """One named, seeded case of a battery."""
+    """One named, seeded case of a battery.
+
+    A ``gated`` check does not compare values with the reference (shapes on the meta
+    device, a property such as permutation equivariance): it pays only once the function's
+    basic check (its first check that is not gated) passes, so that an answer with the
+    right shapes and wrong values earns nothing.
+    """
 
     name: str
     function: str
@@ -41,6 +46,7 @@ class Check:
     calls: Callable[[torch.Generator], Sequence[Call]]
     message: str
     judge: Judge
+    gated: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,15 +59,39 @@ class Mutant:
     implementation: Callable
 
 
+class BatteryError(ValueError):
+    """A battery that contradicts itself or its contracts (raised when it is built)."""
+
+
 @dataclass(frozen=True)
 class Battery:
-    """Everything the grader knows about one assignment."""
+    """Everything the grader knows about one assignment; it checks itself when built."""
 
     assignment: str
     reference: str  # module path of the reference solutions
     checks: tuple[Check, ...]
-    forbidden: Mapping[str, tuple[str, ...]]  # contract name -> forbidden dotted paths
+    forbidden: Mapping[str, tuple[str, ...]]  # contract name -> forbidden operation names
     mutants: tuple[Mutant, ...] = ()
+    points: Mapping[str, float] | None = None  # contract name -> points; None: not checked
+
+    def __post_init__(self):
+        problems = battery_problems(self)
+        if problems:
+            raise BatteryError(f"battery {self.assignment}: " + "; ".join(problems))
+
+    @classmethod
+    def for_assignment(cls, assignment, checks, mutants=()) -> Battery:
+        """The battery of ``assignment`` (an ``autograder.contracts.Assignment``): its
+        reference, forbidden operations and points come from the contracts."""
+        points = {contract.name: contract.points for contract in assignment.contracts}
+        return cls(
+            assignment.id,
+            assignment.reference,
+            tuple(checks),
+            assignment.forbidden(),
+            tuple(mutants),
+            points,
+        )
 
     @property
     def functions(self) -> list[str]:
@@ -71,8 +101,56 @@ class Battery:
     def max_score(self, function: str) -> float:
         return sum(check.points for check in self.checks if check.function == function)
 
+    def only(self, function: str) -> Battery:
+        """The part of this battery that grades ``function``."""
+        return Battery(
+            self.assignment,
+            self.reference,
+            tuple(check for check in self.checks if check.function == function),
+            {name: ops for name, ops in self.forbidden.items() if name == function},
+            tuple(mutant for mutant in self.mutants if mutant.function == function),
+            None if self.points is None else {function: self.points[function]},
+        )
+
+    def basic_check(self, function: str) -> Check:
+        """The first check of ``function`` that compares values: the gated ones wait on it."""
+        return next(c for c in self.checks if c.function == function and not c.gated)
+
     def reference_namespace(self) -> dict:
         return vars(importlib.import_module(self.reference))
+
+
+def battery_problems(battery: Battery) -> list[str]:
+    """What is inconsistent in ``battery``: names, points, forbidden lists, mistakes."""
+    problems = []
+    names = [check.name for check in battery.checks]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        problems.append(f"check names used twice: {', '.join(repeated)}")
+    functions = set(battery.functions)
+    for function in functions:
+        if all(c.gated for c in battery.checks if c.function == function):
+            problems.append(f"{function} has only gated checks (nothing compares values)")
+    for what, keys in (
+        ("forbidden", set(battery.forbidden)),
+        ("known mistakes", {mutant.function for mutant in battery.mutants}),
+    ):
+        strangers = keys - functions
+        if strangers:
+            problems.append(f"{what} name no contract: {', '.join(sorted(strangers))}")
+    mutant_names = [(mutant.function, mutant.name) for mutant in battery.mutants]
+    if len(set(mutant_names)) != len(mutant_names):
+        problems.append("two known mistakes of one function share a name")
+    if battery.points is not None:
+        if set(battery.points) != functions:
+            problems.append(
+                f"checks cover {sorted(functions)}, the contracts are {sorted(battery.points)}"
+            )
+        for function, points in battery.points.items():
+            total = battery.max_score(function)
+            if function in functions and abs(total - points) > 1e-9:
+                problems.append(f"{function}'s checks add up to {total:g}, not {points:g}")
+    return problems
 
 
 @dataclass
@@ -169,14 +247,54 @@ def judge_plan(
                 cache=plan.mutant_results,
             )
         )
-    return outcomes
+    return fail_forbidden(apply_gates(battery, outcomes), reached_operations(battery, actual))
+
+
+def reached_operations(battery: Battery, actual: Mapping) -> dict[str, list[str]]:
+    """Per function, the forbidden operations its calls reached in any check."""
+    reached: dict[str, set[str]] = {}
+    for check in battery.checks:
+        for result in actual.get(check.name) or ():
+            reached.setdefault(check.function, set()).update(result.forbidden)
+    return {function: sorted(names) for function, names in reached.items() if names}
+
+
+def fail_forbidden(
+    outcomes: Sequence[Outcome], forbidden: Mapping[str, Sequence[str]], how: str = "reaches"
+) -> list[Outcome]:
+    """Fail every check of a function that ``forbidden`` names: a forbidden operation costs
+    the whole function. ``how`` says what was seen: "reaches" (while it ran) or "names"
+    (in its source)."""
+    failed = []
+    for outcome in outcomes:
+        names = forbidden.get(outcome.check.function)
+        if names:
+            reason = (
+                f"{outcome.check.function} {how} the forbidden operation {', '.join(names)},"
+                " which this exercise asks you to write yourself"
+            )
+            outcome = Outcome(outcome.check, False, reason)
+        failed.append(outcome)
+    return failed
+
+
+def apply_gates(battery: Battery, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Fail every gated check whose function's basic check failed: points for working code."""
+    passed = {outcome.check.name for outcome in outcomes if outcome.passed}
+    gated = []
+    for outcome in outcomes:
+        check = outcome.check
+        basic = battery.basic_check(check.function).name
+        if check.gated and outcome.passed and basic not in passed:
+            reason = f"it counts only once the values are right (check {basic})"
+            outcome = Outcome(check, False, reason)
+        gated.append(outcome)
+    return gated
 
 
 def judge_check(battery, check, calls, results, expected, cache=None) -> Outcome:
-    """Judge one check; ``cache`` is passed on to ``diagnose``."""
-    forbidden = sorted({name for result in results for name in result.forbidden})
-    if forbidden:
-        return Outcome(check, False, f"it calls the forbidden {', '.join(forbidden)}")
+    """Judge one check's values; ``cache`` is passed on to ``diagnose``. Forbidden
+    operations are judged over the whole function (``fail_forbidden``)."""
     reason = check.judge(calls, results, expected)
     if reason is None:
         return Outcome(check, True)
@@ -214,40 +332,6 @@ def scores_by_function(battery: Battery, outcomes: Sequence[Outcome]) -> dict[st
     for outcome in outcomes:
         scores[outcome.check.function] += outcome.score
     return scores
-
-
-def forbidden_in_source(
-    source: str, forbidden: Sequence[str], own_names: Sequence[str] = ()
-) -> list[str]:
-    """The forbidden built-ins that ``source`` names (``F.scaled_dot_product_attention``,
-    ``from torch.nn.functional import scaled_dot_product_attention``, ...).
-
-    Matching is by the last component of the dotted path, so aliases of the module
-    (``import torch.nn.functional as G``) are caught too. Unparsable source names none.
-    A bare name in ``own_names`` (the contract functions) is the student's own function,
-    not the built-in: ``self_attention`` may call the student's
-    ``scaled_dot_product_attention``.
-    """
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    wanted = {}  # last component -> the first (public) path that ends with it
-    for path in forbidden:
-        wanted.setdefault(path.rpartition(".")[2], path)
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in wanted:
-            found.add(wanted[node.attr])
-        elif isinstance(node, ast.Name) and node.id in wanted and node.id not in own_names:
-            found.add(wanted[node.id])
-        elif isinstance(node, ast.alias) and node.name.rpartition(".")[2] in wanted:
-            found.add(wanted[node.name.rpartition(".")[2]])
-        elif (
-            isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in wanted
-        ):
-            found.add(wanted[node.value])
-    return sorted(found)
 
 
 @contextlib.contextmanager

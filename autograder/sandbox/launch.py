@@ -1,8 +1,8 @@
 """Start the fork server: a private copy of its code, a clean environment, bubblewrap.
 
-The server's code (``executor`` and the ``sandbox_*`` modules it needs, all free of
-secrets) is copied into a fresh directory as a package named ``sandbox_runtime``, so
-the server never imports anything from the course tree. Under bubblewrap that copy is
+The server's code (the package ``autograder.runtime``, free of secrets) is copied into a
+fresh directory as a package named ``sandbox_runtime``, so the server never imports
+anything from the course tree. Under bubblewrap that copy is
 the only thing of ours it can see, read-only at ``/opt/grading``; the system and the
 Python installation are read-only, /tmp is a small private tmpfs, and there is no
 network.
@@ -19,13 +19,6 @@ import tempfile
 from pathlib import Path
 
 PACKAGE = "sandbox_runtime"
-RUNTIME_MODULES = (
-    "executor",
-    "sandbox_codec",
-    "sandbox_child",
-    "sandbox_confine",
-    "sandbox_server",
-)
 SANDBOX_CODE_DIR = "/opt/grading"
 # Capabilities the server keeps under bubblewrap when started as root: switch users,
 # give each child its working directory, kill and clean up after it.
@@ -45,10 +38,9 @@ def stage_runtime() -> Path:
     root = Path(tempfile.mkdtemp(prefix="grading-runtime-"))
     package = root / PACKAGE
     package.mkdir()
-    (package / "__init__.py").write_text('"""Code of the grading fork server."""\n')
-    here = Path(__file__).resolve().parent
-    for name in RUNTIME_MODULES:
-        shutil.copyfile(here / f"{name}.py", package / f"{name}.py")
+    runtime = Path(__file__).resolve().parents[1] / "runtime"
+    for source in runtime.glob("*.py"):
+        shutil.copyfile(source, package / source.name)
     for path in (root, package, *package.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return root
@@ -56,8 +48,7 @@ def stage_runtime() -> Path:
 
 def python_command(code_dir: str, control_fd: int) -> list[str]:
     bootstrap = (
-        f"import sys; sys.path.insert(0, {code_dir!r}); "
-        f"from {PACKAGE}.sandbox_server import main; main()"
+        f"import sys; sys.path.insert(0, {code_dir!r}); from {PACKAGE}.server import main; main()"
     )
     return [sys.executable, "-I", "-c", bootstrap, str(control_fd)]
 
@@ -128,20 +119,45 @@ def _gpu_binds() -> list[str]:
     return [arg for device in devices for arg in ("--dev-bind", device, device)]
 
 
+BWRAP_MISSING = (
+    "bubblewrap is not installed. Ask an administrator to install it: `apt-get install"
+    " bubblewrap` (Debian, Ubuntu), `dnf install bubblewrap` (Fedora)."
+)
+BWRAP_BLOCKED = (
+    "bubblewrap is installed but cannot create a sandbox on this host ({error}). This host"
+    " probably forbids unprivileged user namespaces; an administrator can allow them with"
+    " `sysctl -w kernel.unprivileged_userns_clone=1` (Debian),"
+    " `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (Ubuntu 23.10 and later) or"
+    " `sysctl -w user.max_user_namespaces=15000` (others); in a container, start it with user"
+    " namespaces allowed."
+)
+
+
 @functools.cache
-def bwrap_works() -> bool:
-    """Whether bubblewrap can start the sandbox on this machine (cached per process)."""
+def bwrap_problem() -> str | None:
+    """Why bubblewrap cannot start the sandbox here, with how to enable it; None if it can.
+
+    Cached per process: the probe starts a sandbox.
+    """
     if bwrap_path() is None:
-        return False
+        return BWRAP_MISSING
     code_dir = stage_runtime()
     try:
         probe = [*bwrap_command(code_dir, 1 << 20), sys.executable, "-I", "-S", "-c", "pass"]
         done = subprocess.run(probe, capture_output=True, timeout=30, env=SERVER_ENV)
-        return done.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+    except (OSError, subprocess.SubprocessError) as error:
+        return BWRAP_BLOCKED.format(error=f"{type(error).__name__}: {error}")
     finally:
         shutil.rmtree(code_dir, ignore_errors=True)
+    if done.returncode == 0:
+        return None
+    said = done.stderr.decode(errors="replace").strip().splitlines()
+    return BWRAP_BLOCKED.format(error=said[-1] if said else f"exit status {done.returncode}")
+
+
+def bwrap_works() -> bool:
+    """Whether bubblewrap can start the sandbox on this machine."""
+    return bwrap_problem() is None
 
 
 def start_server(code_dir: Path, control_fd: int, bubblewrap: bool, disk_bytes: int, log):

@@ -3,8 +3,9 @@
 In order: a new session (its own process group), the file descriptors it may keep
 (0 = /dev/null, 1 and 2 = the capped output file, 3 = the data channel; all others
 closed), one torch thread, resource limits, an unprivileged user of its own (when the
-fork server may switch users), a fresh working directory, a scrubbed environment and a
-``sys.path`` that holds only the Python installation (no course, no grader code).
+fork server may switch users), a fresh working directory, a scrubbed environment, a
+``sys.path`` that holds only the Python installation (no course, no grader code), and a
+seccomp filter that lets it signal only itself (``seccomp``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import signal
 import sys
 
 import torch
+
+from . import seccomp
 
 KEEP_FD_FLOOR = 100  # descriptors are parked above this while they are rearranged
 
@@ -31,6 +34,7 @@ def confine(spec: dict, data_fd: int, output_fd: int) -> None:
     _scrub_environment(spec["workdir"])
     _scrub_path()
     _reopen_streams()
+    seccomp.install(os.getpid())
 
 
 def _arrange_fds(data_fd: int, output_fd: int) -> None:

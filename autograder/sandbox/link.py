@@ -1,7 +1,7 @@
 """The grader's end of the sandbox: the fork server's control channel and one child's data.
 
 ``ServerLink`` starts a fork server and speaks its small JSON control protocol (see
-``sandbox_server``). ``ChildLink`` is one grading child: it asks the server to fork
+``autograder.runtime.server``). ``ChildLink`` is one grading child: it asks the server to fork
 it, hands it a data channel and an output file, and reads its frames with a deadline
 each. Everything read here comes from processes that student code may control, so
 every wait has a deadline and every surprise becomes an exception of this module.
@@ -17,8 +17,9 @@ import subprocess
 import tempfile
 import time
 
-from .sandbox_codec import FrameReader
-from .sandbox_launch import stage_runtime, start_server
+from autograder.runtime.codec import FrameReader
+
+from .launch import stage_runtime, start_server
 
 STARTUP_SECONDS = 120.0
 REPLY_SECONDS = 10.0  # the server answers a request, or reports an ended child, within this
@@ -105,7 +106,6 @@ class ChildLink:
         self.server = server
         self.id = spawn_id
         self.exit: dict | None = None
-        self.killed = False
         self.eof = False
         self.reader = FrameReader()
         self.output = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
@@ -173,7 +173,6 @@ class ChildLink:
 
     def kill(self) -> None:
         if self.exit is None:
-            self.killed = True
             self.server.send({"op": "kill", "id": self.id})
 
     def wait_exit(self, timeout: float = REPLY_SECONDS) -> dict:
@@ -191,12 +190,6 @@ class ChildLink:
                 raise
         self.kill()
         return self.wait_exit()
-
-    def read_output(self, limit: int) -> tuple[bytes, bool]:
-        """Up to ``limit`` bytes of the child's output, and whether there was more."""
-        self.output.seek(0)
-        data = self.output.read(limit + 1)
-        return data[:limit], len(data) > limit
 
     def close(self) -> None:
         self.data.close()

@@ -1,8 +1,11 @@
 """The command line: ``python -m autograder grade <assignment_id> <submitted_dir> [options]``.
 
-Grades every submission (see ``autograder.grading``), shows a progress bar on stderr
-while it works, then a summary. Exit status: 0 when the run completed (whatever the
-students scored), 2 for a usage error or an unknown assignment, 130 when interrupted.
+Grades every submission (see ``autograder.engine.grading``), shows a progress bar on stderr
+while it works, then a summary. Exit status: 0 when every submission was graded (whatever the
+students scored); 2 for a usage error or an unknown assignment; 3 when the self-check failed
+(the reference solutions did not get full marks: nobody was graded); 4 when the grader failed
+on some submissions (they are listed as "not graded: grader error" and have no score); 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from autograder.grading import GradingError, Interrupted, Summary, grade
+from autograder.engine.grading import GradingError, Interrupted, SelfCheckFailed, Summary, grade
 from autograder.sandbox import Limits
 
 EXIT_USAGE = 2
+EXIT_SELF_CHECK = 3
+EXIT_GRADER_ERRORS = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -72,6 +77,13 @@ def format_summary(summary: Summary) -> str:
     if summary.failed_checks:
         lines.append("checks failed most:")
         lines += [f"  {count:4d}  {name}" for name, count in summary.failed_checks]
+    if summary.forged:
+        lines.append(
+            f"records not written by this grader, graded again ({len(summary.forged)}): "
+            + ", ".join(summary.forged)
+        )
+    if summary.self_checked:
+        lines.append("self-check passed: the reference solutions got full marks the same way")
     if summary.not_graded:
         lines.append(f"not graded ({len(summary.not_graded)}):")
         lines += [f"  {student}: {reason}" for student, reason in summary.not_graded.items()]
@@ -101,7 +113,19 @@ def parser() -> argparse.ArgumentParser:
     grading.add_argument("--out", type=Path, help="output folder (grading/<assignment_id>)")
     grading.add_argument("--workers", type=positive, help="parallel sandboxes (CPU count)")
     grading.add_argument("--force", action="store_true", help="regrade graded students too")
-    grading.add_argument("--isolation", choices=("auto", "bubblewrap", "process"), default="auto")
+    grading.add_argument(
+        "--isolation",
+        choices=("auto", "bubblewrap", "process"),
+        default="auto",
+        help="auto: bubblewrap where it can start, else (as root only) the process level",
+    )
+    grading.add_argument(
+        "--accept-weak-isolation",
+        action="store_true",
+        help="allow the process level without root, where student code runs as your own user"
+        " and can read and change your files and grades and kill the grader: only for code you"
+        " trust",
+    )
     grading.add_argument(
         "--time-limit",
         type=float,
@@ -143,6 +167,7 @@ def run_grade(args: argparse.Namespace) -> int:
             force=args.force,
             json_path=args.json_path,
             isolation=args.isolation,
+            accept_weak=args.accept_weak_isolation,
             limits=limits_of(args),
             on_start=progress.start,
             on_record=progress.advance,
@@ -155,12 +180,24 @@ def run_grade(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except SelfCheckFailed as error:
+        progress.finish()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SELF_CHECK
     except GradingError as error:
         progress.finish()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     progress.finish()
     print(format_summary(summary))
+    if summary.grader_errors:
+        print(
+            f"error: the grader failed on {len(summary.grader_errors)} submissions, which have"
+            " no score (see 'not graded' above and error_detail in their records); run the"
+            " same command again to retry them",
+            file=sys.stderr,
+        )
+        return EXIT_GRADER_ERRORS
     return 0
 
 
