@@ -23,8 +23,8 @@ MAX_LEN = 32
 mistake = KnownMistakes()
 
 
-def _attend(q, k, v, mask=None, empty="zero", scale=None):
-    """Masked attention with the knobs the mistakes turn.
+def masked_softmax_attention(q, k, v, mask=None, empty="zero", scale=None):
+    """Masked attention with the knobs the mistakes turn (chapter 5's mistakes use it too).
 
     ``empty`` is what a query row with nothing allowed gets: "zero" (the convention),
     "nan" (-inf fill, nothing done about it) or "uniform" (a finite fill, no zeroing).
@@ -236,7 +236,7 @@ def masked_fill_zero(q, k, v, mask=None):
     "attend, so the keys where the mask is False are the ones to hide.",
 )
 def masked_inverted(q, k, v, mask=None):
-    return _attend(q, k, v, None if mask is None else ~mask)
+    return masked_softmax_attention(q, k, v, None if mask is None else ~mask)
 
 
 @mistake(
@@ -245,7 +245,7 @@ def masked_inverted(q, k, v, mask=None):
     "weights and a zero output.",
 )
 def masked_empty_rows_nan(q, k, v, mask=None):
-    return _attend(q, k, v, mask, empty="nan")
+    return masked_softmax_attention(q, k, v, mask, empty="nan")
 
 
 @mistake(
@@ -254,7 +254,7 @@ def masked_empty_rows_nan(q, k, v, mask=None):
     "and nothing more): it must get zero weights and a zero output.",
 )
 def masked_empty_rows_uniform(q, k, v, mask=None):
-    return _attend(q, k, v, mask, empty="uniform")
+    return masked_softmax_attention(q, k, v, mask, empty="uniform")
 
 
 @mistake(
@@ -264,7 +264,7 @@ def masked_empty_rows_uniform(q, k, v, mask=None):
     "from ever appearing.",
 )
 def masked_nan_patched_after(q, k, v, mask=None):
-    out, weights = _attend(q, k, v, mask, empty="nan")
+    out, weights = masked_softmax_attention(q, k, v, mask, empty="nan")
     return torch.nan_to_num(out, nan=0.0), torch.nan_to_num(weights, nan=0.0)
 
 
@@ -283,12 +283,12 @@ def masked_added_to_scores(q, k, v, mask=None):
 
 @mistake(MASKED, "the mask argument is never applied.")
 def masked_ignores_mask(q, k, v, mask=None):
-    return _attend(q, k, v, None)
+    return masked_softmax_attention(q, k, v, None)
 
 
 @mistake(MASKED, "the scores q k^T are not divided by sqrt(d).")
 def masked_no_scaling(q, k, v, mask=None):
-    return _attend(q, k, v, mask, scale=1.0)
+    return masked_softmax_attention(q, k, v, mask, scale=1.0)
 
 
 @mistake(
@@ -332,7 +332,9 @@ def _both_real(mask, lengths, T, device):
 def causal_self_no_causal_mask(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = torch.ones(T, T, dtype=torch.bool, device=x.device)
-    return _attend(*_projections(x, W_q, W_k, W_v), _both_real(mask, lengths, T, x.device))
+    return masked_softmax_attention(
+        *_projections(x, W_q, W_k, W_v), _both_real(mask, lengths, T, x.device)
+    )
 
 
 @mistake(
@@ -343,7 +345,9 @@ def causal_self_no_causal_mask(x, W_q, W_k, W_v, lengths=None):
 def causal_self_upper(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu()
-    return _attend(*_projections(x, W_q, W_k, W_v), _both_real(mask, lengths, T, x.device))
+    return masked_softmax_attention(
+        *_projections(x, W_q, W_k, W_v), _both_real(mask, lengths, T, x.device)
+    )
 
 
 @mistake(
@@ -353,12 +357,14 @@ def causal_self_upper(x, W_q, W_k, W_v, lengths=None):
 def causal_self_excludes_itself(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _lower(T, x.device, diagonal=-1)
-    return _attend(*_projections(x, W_q, W_k, W_v), _both_real(mask, lengths, T, x.device))
+    return masked_softmax_attention(
+        *_projections(x, W_q, W_k, W_v), _both_real(mask, lengths, T, x.device)
+    )
 
 
 @mistake(CAUSAL_SELF, "the lengths are ignored: padded keys are attended and padded rows kept.")
 def causal_self_ignores_lengths(x, W_q, W_k, W_v, lengths=None):
-    return _attend(*_projections(x, W_q, W_k, W_v), _lower(x.shape[1], x.device))
+    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), _lower(x.shape[1], x.device))
 
 
 @mistake(
@@ -371,7 +377,7 @@ def causal_self_padded_queries_kept(x, W_q, W_k, W_v, lengths=None):
     mask = _lower(T, x.device)
     if lengths is not None:
         mask = mask & _real(lengths, T, x.device)[:, None, :]  # (B, T, T)
-    return _attend(*_projections(x, W_q, W_k, W_v), mask)
+    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask)
 
 
 @mistake(
@@ -382,7 +388,7 @@ def causal_self_padded_queries_kept(x, W_q, W_k, W_v, lengths=None):
 def causal_self_padded_rows_nan(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _both_real(_lower(T, x.device), lengths, T, x.device)
-    return _attend(*_projections(x, W_q, W_k, W_v), mask, empty="nan")
+    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask, empty="nan")
 
 
 @mistake(
@@ -393,7 +399,7 @@ def causal_self_padded_rows_nan(x, W_q, W_k, W_v, lengths=None):
 def causal_self_padded_rows_uniform(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _both_real(_lower(T, x.device), lengths, T, x.device)
-    return _attend(*_projections(x, W_q, W_k, W_v), mask, empty="uniform")
+    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask, empty="uniform")
 
 
 @mistake(
@@ -406,7 +412,7 @@ def causal_self_masks_or(x, W_q, W_k, W_v, lengths=None):
     mask = _lower(T, x.device)
     if lengths is not None:
         mask = mask | _real(lengths, T, x.device)[:, None, :]  # (B, T, T)
-    return _attend(*_projections(x, W_q, W_k, W_v), mask)
+    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask)
 
 
 @mistake(
@@ -416,7 +422,7 @@ def causal_self_masks_or(x, W_q, W_k, W_v, lengths=None):
 def causal_self_lengths_off_by_one(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _both_real(_lower(T, x.device), None if lengths is None else lengths + 1, T, x.device)
-    return _attend(*_projections(x, W_q, W_k, W_v), mask)
+    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask)
 
 
 @mistake(
@@ -427,7 +433,9 @@ def causal_self_lengths_off_by_one(x, W_q, W_k, W_v, lengths=None):
 def causal_self_scale_by_model_dim(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _both_real(_lower(T, x.device), lengths, T, x.device)
-    return _attend(*_projections(x, W_q, W_k, W_v), mask, scale=1 / math.sqrt(x.shape[-1]))
+    return masked_softmax_attention(
+        *_projections(x, W_q, W_k, W_v), mask, scale=1 / math.sqrt(x.shape[-1])
+    )
 
 
 MUTANTS = mistake.mutants
