@@ -21,4 +21,5 @@ fi
 
 ruff format --check .
 ruff check .
-python -m pytest "$@"
+# Both cores (pytest-xdist); the tests that read the built book share one worker.
+python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -18,3 +18,11 @@ def built_book():
         f"the book build failed:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     )
     return HTML
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``), every test that reads the built book runs on
+    one worker, so that the book is built once and never by two processes at a time."""
+    for item in items:
+        if "built_book" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("book"))

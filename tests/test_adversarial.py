@@ -14,7 +14,6 @@ their full marks; the outputs are complete and leak nothing.
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import re
 import textwrap
@@ -27,6 +26,7 @@ from leaks import leak_markers, reference_code_lines
 
 from autograder.engine import grading
 from autograder.engine.notebook import load_notebook
+from autograder.kit.mistakes import standalone_source
 from autograder.mutants import ch03_self_attention as mutants
 from autograder.sandbox import Limits, Worker
 from autograder.sandbox.launch import bwrap_works
@@ -275,9 +275,8 @@ def submission(replaced: dict[str, str]) -> dict:
 
 
 def mutant_cell() -> str:
-    source = inspect.getsource(mutants.self_softmax_over_queries)
-    source = source[source.index("def ") :]  # without the registering decorator
-    return "import math\nimport torch\n\n" + source.replace("self_softmax_over_queries", SELF)
+    mutant = next(m for m in mutants.MUTANTS if m.name == "self_softmax_over_queries")
+    return "import math\nimport torch\n\n" + standalone_source(mutant)
 
 
 def all_submissions(out: Path) -> dict[str, dict]:

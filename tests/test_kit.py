@@ -243,3 +243,44 @@ def test_a_class_contract_is_graded_with_injected_weights():
     actual = {name: [execute_call(wrong, c) for c in calls] for name, calls in plan.calls.items()}
     outcomes = judge_plan(battery, plan, actual, expected)
     assert [o.mistake for o in outcomes] == ["post- and pre-norm swapped."] * 2
+
+
+# Forbidden lists per function ----------------------------------------------------------------
+
+
+def _normalise_calls(generator, **options):
+    return [Call("normalise", (inputs.randn(generator, 3, 4),), **options)]
+
+
+def normalise(x):
+    """Layer normalisation by hand: the toy contract that may not reach F.layer_norm."""
+    mean = x.mean(-1, keepdim=True)
+    return (x - mean) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+
+
+def block(x):
+    """A toy contract that may use F.layer_norm (it is not on its list)."""
+    return torch.nn.functional.layer_norm(x, x.shape[-1:]) * 2
+
+
+def _block_calls(generator, **options):
+    return [Call("block", (inputs.randn(generator, 3, 4),), **options)]
+
+
+def test_forbidden_lists_are_per_function():
+    """F.layer_norm costs 'normalise' everything and 'block' nothing."""
+    checks = (
+        Check("normalise_values", "normalise", 1, _normalise_calls, "wrong.", JUDGE),
+        Check("block_values", "block", 1, _block_calls, "wrong.", JUDGE),
+    )
+    battery = Battery("toy", "tests.test_kit", checks, {"normalise": ("F.layer_norm",)})
+    cheat = {"normalise": lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:]), "block": block}
+    plan = make_plan(battery, 1)
+    expected = run_reference(battery, plan)
+    actual = {
+        name: [execute_call(cheat, c, battery.forbidden.get(c.function, ())) for c in calls]
+        for name, calls in plan.calls.items()
+    }
+    outcomes = judge_plan(battery, plan, actual, expected)
+    assert scores_by_function(battery, outcomes) == {"normalise": 0, "block": 1}
+    assert "reaches the forbidden operation F.layer_norm" in outcomes[0].reason

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from autograder.engine.notebook import without_magics
 from autograder.runtime.codec import (
     FrameReader,
     Malformed,
@@ -200,7 +201,8 @@ def test_top_level_attack_costs_only_its_cell(worker, name, cell, expected):
 
 
 def test_honest_submission_after_the_attacks(worker):
-    cells = [HONEST, "%matplotlib inline\n!ls\nprint('hello')", attacked_cell("return x * 3")]
+    magics = without_magics("%matplotlib inline\n!ls\nprint('hello')")  # as the reader gives it
+    cells = [HONEST, magics, attacked_cell("return x * 3")]
     report = worker.run(cells, PLAN)
     assert_honest(report)
     assert torch.equal(report.results["attacked"][0].outputs[0], X * 3)

@@ -27,7 +27,12 @@ from pathlib import Path
 
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
 HIDDEN_TESTS_MARKER = "### BEGIN HIDDEN TESTS"
-MAGIC_LINE = re.compile(r"^(\s*)([%!])")
+# A line magic or shell escape: indentation, "%" or "!", the magic's name, the rest.
+MAGIC_LINE = re.compile(r"^(\s*)(%(?!%)|!)(\w*)\s*(.*)$")
+# Line magics whose argument is a Python statement that IPython runs.
+RUNS_ITS_STATEMENT = ("time", "timeit", "capture")
+# Cell magics after which the cell is still Python that IPython runs.
+PYTHON_CELL_MAGICS = ("%%time", "%%timeit", "%%capture")
 
 
 @dataclass(frozen=True)
@@ -200,8 +205,31 @@ def normalise(source: str) -> str:
 
 
 def without_magics(source: str) -> str:
-    """Comment out IPython magics and shell escapes, which plain Python cannot run."""
-    return "\n".join(MAGIC_LINE.sub(r"\1# \2", line) for line in source.split("\n"))
+    """The cell as plain Python, with its line numbers kept.
+
+    ``%time stmt`` (and ``%timeit``, ``%capture``) becomes ``stmt``; any other line magic or
+    shell escape becomes ``pass`` at the same indentation, so that a magic alone in an
+    indented block still leaves a statement there. A cell magic that keeps the cell Python
+    (``%%time``, ``%%timeit``, ``%%capture``) is dropped; a cell under any other cell magic
+    (``%%bash``, ``%%html``, ...) is not Python and becomes ``pass``.
+    """
+    lines = source.split("\n")
+    first = lines[0].strip()
+    if first.startswith("%%"):
+        if not first.startswith(PYTHON_CELL_MAGICS):
+            return "pass"
+        lines[0] = ""
+    return "\n".join(_plain_line(line) for line in lines)
+
+
+def _plain_line(line: str) -> str:
+    match = MAGIC_LINE.match(line)
+    if match is None:
+        return line
+    indent, kind, name, rest = match.groups()
+    if kind == "%" and name in RUNS_ITS_STATEMENT and rest and not rest.startswith("-"):
+        return f"{indent}{rest}"
+    return f"{indent}pass"
 
 
 # Which cells run ---------------------------------------------------------------------------
