@@ -105,7 +105,7 @@ def causal_integer(T, device=None):
     "is longer: build it for T.",
 )
 def causal_fixed_maximum(T, device=None):
-    full = torch.ones(MAX_LEN, MAX_LEN, dtype=torch.bool, device=device).tril()
+    full = torch.ones(32, 32, dtype=torch.bool, device=device).tril()  # 32 = MAX_LEN
     return full[:T, :T]
 
 
