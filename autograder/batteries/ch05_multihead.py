@@ -21,7 +21,7 @@ from autograder.kit.battery import Battery, Check
 from autograder.kit.judges import TOLERANCES, match_reference, public_error
 from autograder.kit.standard import standard_checks
 from autograder.mutants.ch05_multihead import MUTANTS
-from autograder.runtime.executor import Call
+from autograder.runtime.executor import RETURNED, Call
 
 LEAK_MARKER = "LEAK-MARKER-autograder-ch05-6a4c91e2"
 ASSIGNMENT = ASSIGNMENTS["ch05_multihead"]
@@ -67,7 +67,9 @@ def raises_value_error(calls, actual, expected):
     """A judge: every call raised a ValueError (the reference's results are not read)."""
     for number, result in enumerate(actual, start=1):
         if not result.error:
-            return f"call {number}: it returned {result.structure} instead of raising"
+            return f"call {number}: it returned {result.structure}, expected a ValueError"
+        if result.error.startswith(RETURNED):
+            return f"call {number}: {result.error}"
         if not result.error.startswith("ValueError"):
             return f"call {number}: it raised {public_error(result.error)}, not a ValueError"
     return None
