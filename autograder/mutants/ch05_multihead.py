@@ -234,7 +234,19 @@ def _mha(query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, h, mask, **k
     "and no transpose, so a head holds positions instead of features.",
 )
 def mha_split_without_transpose(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     def split(x, h):
         B, T, D = x.shape
@@ -250,7 +262,19 @@ def mha_split_without_transpose(
     "(B, T, h, d) first.",
 )
 def mha_merge_without_transpose(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     def merge(x):
         B, h, T, d = x.shape
@@ -265,7 +289,19 @@ def mha_merge_without_transpose(
     "the output projection is missing: the merged heads must go through x @ W_o.T + b_o.",
 )
 def mha_no_output_projection(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     q = _split(query @ W_q.T + b_q, num_heads)
     k = _split(key @ W_k.T + b_k, num_heads)
@@ -280,7 +316,19 @@ def mha_no_output_projection(
     "of one head.",
 )
 def mha_scale_by_model_dim(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     args = (query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask)
     return _mha(*args, scale=1 / math.sqrt(query.shape[-1]))
@@ -292,7 +340,19 @@ def mha_scale_by_model_dim(
     "(B, h, Tq, Tk).",
 )
 def mha_weights_averaged(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     args = (query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask)
     out, weights = _mha(*args)
@@ -306,7 +366,19 @@ def mha_weights_averaged(
     "use repeat_interleave, or keep a head dim and unsqueeze(1).",
 )
 def mha_mask_repeated_in_wrong_order(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     B, Tq, D = query.shape
     Tk, h, d = key.shape[1], num_heads, D // num_heads
@@ -324,7 +396,19 @@ def mha_mask_repeated_in_wrong_order(
 
 @mistake(MHA, "the keys are projected with W_v, b_v and the values with W_k, b_k: swap them back.")
 def mha_key_value_projections_swapped(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     args = (query, key, value, W_q, b_q, W_v, b_v, W_k, b_k, W_o, b_o, num_heads, mask)
     return _mha(*args)
@@ -332,7 +416,19 @@ def mha_key_value_projections_swapped(
 
 @mistake(MHA, "the biases b_q, b_k and b_v of the projections are left out.")
 def mha_no_input_biases(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     zeros = torch.zeros_like(b_q)
     args = (query, key, value, W_q, zeros, W_k, zeros, W_v, zeros, W_o, b_o, num_heads, mask)
@@ -345,7 +441,19 @@ def mha_no_input_biases(
     "cross-attention they come from the other sequence.",
 )
 def mha_keys_values_from_query(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     args = (query, query, query, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask)
     return _mha(*args)
@@ -357,7 +465,19 @@ def mha_keys_values_from_query(
     "forbidden): in this course True means may attend.",
 )
 def mha_mask_inverted(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     inverted = None if mask is None else ~mask
     args = (query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, inverted)
@@ -370,7 +490,19 @@ def mha_mask_inverted(
     "attention output must be zero, so its out is b_o.",
 )
 def mha_empty_rows_nan(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     args = (query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask)
     return _mha(*args, empty="nan")
@@ -382,7 +514,19 @@ def mha_empty_rows_nan(
     "(out_features, in_features)).",
 )
 def mha_output_weights_untransposed(
-    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
+    query,
+    key,
+    value,
+    W_q,
+    b_q,
+    W_k,
+    b_k,
+    W_v,
+    b_v,
+    W_o,
+    b_o,
+    num_heads,
+    mask=None,
 ):
     q = _split(query @ W_q.T + b_q, num_heads)
     k = _split(key @ W_k.T + b_k, num_heads)
