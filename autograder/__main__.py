@@ -1,7 +1,7 @@
-"""``python -m autograder``: see ``autograder.cli``."""
+"""``python -m autograder``: see ``autograder.engine.cli``."""
 
 import sys
 
-from autograder.cli import main
+from autograder.engine.cli import main
 
 sys.exit(main())

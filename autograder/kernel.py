@@ -19,7 +19,6 @@ shapes, dtypes and error sizes, never reference values or hidden inputs.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import inspect
 import os
@@ -28,16 +27,19 @@ import warnings
 from collections.abc import Mapping
 
 from autograder.batteries import load_battery
-from autograder.battery import (
+from autograder.kit.battery import (
     Battery,
     Outcome,
-    forbidden_in_source,
+    apply_gates,
+    fail_forbidden,
     judge_check,
     make_plan,
     one_torch_thread,
+    reached_operations,
     run_reference,
 )
-from autograder.executor import execute_call, install_tripwires, remove_tripwires
+from autograder.runtime.executor import execute_call
+from autograder.runtime.operations import forbidden_in_source
 
 
 class _Sink:
@@ -62,9 +64,9 @@ def grade_function(assignment_id: str, function: str, namespace: Mapping, seed=N
     battery = load_battery(assignment_id)
     if function not in battery.functions:
         raise ValueError(f"{assignment_id} has no contract function {function!r}")
-    checks = tuple(check for check in battery.checks if check.function == function)
     own_names = battery.functions
-    battery = dataclasses.replace(battery, checks=checks)
+    battery = battery.only(function)
+    checks = battery.checks
     with _quiet():
         try:
             outcomes = _grade(battery, function, namespace, _seed(seed), own_names)
@@ -102,12 +104,12 @@ def _grade(battery: Battery, function: str, namespace: Mapping, seed: int, own_n
     """The outcomes of ``battery``'s checks (all of ``function``) on ``namespace``."""
     plan = make_plan(battery, seed)
     expected = run_reference(battery, plan)
-    paths = battery.forbidden.get(function, ())
-    named = _forbidden_in_function(namespace, function, paths, own_names)
+    operations = battery.forbidden.get(function, ())
+    named = _forbidden_in_function(namespace, function, operations, own_names)
     if named:
-        reason = f"your code uses the forbidden {', '.join(named)}"
-        return [Outcome(check, False, reason) for check in battery.checks]
-    actual = _run_student(namespace, plan.calls, paths)
+        outcomes = [Outcome(check, True) for check in battery.checks]
+        return fail_forbidden(outcomes, {function: named}, how="names")
+    actual = _run_student(namespace, plan.calls, operations)
     outcomes = []
     for check in battery.checks:
         try:
@@ -122,28 +124,24 @@ def _grade(battery: Battery, function: str, namespace: Mapping, seed: int, own_n
         except Exception:  # a result too strange to compare is a wrong result
             outcome = Outcome(check, False, "its result could not be checked")
         outcomes.append(outcome)
-    return outcomes
+    return fail_forbidden(apply_gates(battery, outcomes), reached_operations(battery, actual))
 
 
-def _forbidden_in_function(namespace, function: str, paths, own_names) -> list[str]:
-    """The forbidden built-ins named in the source of the student's ``function``."""
+def _forbidden_in_function(namespace, function: str, operations, own_names) -> list[str]:
+    """The forbidden operations named in the source of the student's ``function``."""
     try:
         source = inspect.getsource(namespace[function])
     except Exception:  # not defined, not a function, source not available
         return []
-    return forbidden_in_source(source, paths, own_names=own_names)
+    return forbidden_in_source(source, operations, own_names=own_names)
 
 
-def _run_student(namespace, calls: Mapping, paths) -> dict:
-    """Execute the calls with the trip-wires set, the student's output thrown away."""
-    installed = []
-    try:
-        installed = install_tripwires(paths)
-        sink = _Sink()
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            return {
-                name: [execute_call(namespace, call) for call in check_calls]
-                for name, check_calls in calls.items()
-            }
-    finally:
-        remove_tripwires(installed)
+def _run_student(namespace, calls: Mapping, operations) -> dict:
+    """Execute the calls, watching for the forbidden operations, the student's output
+    thrown away."""
+    sink = _Sink()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        return {
+            name: [execute_call(namespace, call, operations) for call in check_calls]
+            for name, check_calls in calls.items()
+        }

@@ -1,11 +1,22 @@
 """The book's figure style: every figure readable on a phone, every figure described.
 
-The rule. On a 400 px wide screen the book's text column is about ``PHONE_COLUMN_PX`` wide, and
-an SVG figure ``w`` inches wide (``96 w`` px at its natural size) is shrunk to fit it. Text of
-``s`` points then renders at ``s * 4/3 * PHONE_COLUMN_PX / (96 w)`` CSS px. For that to be at
-least ``MIN_TEXT_PX`` the smallest text of a figure ``w`` inches wide must be
-``min_font_pt(w)`` points or more. ``show`` refuses a figure that breaks the rule, so a
-chapter cannot build with unreadable figures; it also insists on alt text.
+The rule, for every figure of every chapter:
+
+- Size. A figure is at most ``MAX_WIDTH_IN`` inches wide (``plotting.figure`` refuses wider
+  ones). On a 400 px wide screen the book's text column is about ``PHONE_COLUMN_PX`` wide, and
+  an SVG figure ``w`` inches wide (``96 w`` px at its natural size) is shrunk to fit it.
+- Fonts. Text of ``s`` points then renders at ``s * 4/3 * PHONE_COLUMN_PX / (96 w)`` CSS px.
+  For that to be at least ``MIN_TEXT_PX`` the smallest text of a figure ``w`` inches wide
+  must be ``min_font_pt(w)`` points or more. ``use_book_style`` sets every default size to
+  ``BASE_FONT_PT``, enough up to ``MAX_WIDTH_IN``; ``show`` refuses a figure with smaller
+  text, so a chapter cannot build with unreadable figures. The book's browser test measures
+  the rendered glyphs at 400 px as well.
+- Alt text. Every figure is shown with ``{glue:figure}`` and an ``:alt:`` that says what the
+  figure shows (its axes, what rises or falls, what the reader should see), not its file
+  name. The browser test rejects figures without one.
+- Where it shows. During the book build (``ATTENTION_BOOK_BUILD`` is set by the book's Sphinx
+  extension) ``show`` glues the figure for the page's ``{glue:figure}``; in any other kernel
+  (a downloaded or launched chapter) it simply displays it.
 
 Usage in a chapter's hidden set-up cell::
 
@@ -21,11 +32,14 @@ and for each figure::
 
 from __future__ import annotations
 
+import os
+
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
+BUILD_FLAG = "ATTENTION_BOOK_BUILD"  # set by book/_ext/course_book.py during a book build
 PHONE_COLUMN_PX = 340  # the text column of sphinx-book-theme at a 400 px viewport, rounded down
 MIN_TEXT_PX = 9.0  # the smallest text a reader can be asked to read on a phone
 MAX_WIDTH_IN = 6.2  # wider figures need fonts too large for a desktop reader
@@ -68,6 +82,7 @@ def figure(width: float = 5.5, height: float = 3.5, **subplots) -> tuple[Figure,
 
 def too_small_texts(fig: Figure) -> list[str]:
     """The visible texts of ``fig`` that would render below ``MIN_TEXT_PX`` on a phone."""
+    fig.draw_without_rendering()  # lays the figure out, which creates its tick labels
     width = fig.get_figwidth()
     needed = min_font_pt(width)
     small = []
@@ -78,9 +93,10 @@ def too_small_texts(fig: Figure) -> list[str]:
 
 
 def show(fig: Figure, name: str) -> None:
-    """Check ``fig`` against the phone rule, then glue it as ``name`` for a {glue:figure}."""
-    from myst_nb import glue
+    """Check ``fig`` against the phone rule, then glue it as ``name`` for a {glue:figure}.
 
+    Outside a book build there is no page to glue into: the figure is displayed instead.
+    """
     if fig.get_figwidth() > MAX_WIDTH_IN + 1e-6:
         raise ValueError(f"{name}: {fig.get_figwidth():.1f} in wide, at most {MAX_WIDTH_IN}")
     small = too_small_texts(fig)
@@ -89,5 +105,12 @@ def show(fig: Figure, name: str) -> None:
         raise ValueError(
             f"{name}: text below {needed:.1f} pt is unreadable at 400 px: " + ", ".join(small[:5])
         )
-    glue(name, fig, display=False)
+    if os.environ.get(BUILD_FLAG):
+        from myst_nb import glue
+
+        glue(name, fig, display=False)
+    else:
+        from IPython.display import display
+
+        display(fig)
     plt.close(fig)

@@ -3,9 +3,10 @@
 # nbgrader round trips, and the book build (warnings and cell errors fail it).
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-# The grader's strongest isolation needs bubblewrap, which only root can install and which
-# needs unprivileged user namespaces when it runs as anyone else. Install it where we can;
-# elsewhere, say what to ask an administrator for.
+# The grader's strongest isolation needs bubblewrap, and the book's browser tests headless
+# Chromium (Debian packages). Only root can install them, and bubblewrap needs unprivileged
+# user namespaces when it runs as anyone else. Install them where we can; elsewhere, say what
+# to ask an administrator for.
 find_bwrap() { PATH=/usr/bin:/bin:/usr/local/bin command -v bwrap || true; } # as the grader does
 
 bwrap_fails() { # prints why bubblewrap cannot start a sandbox like the grader's; silent if it can
@@ -26,12 +27,19 @@ userns_setting() { # the sysctl that turns on unprivileged user namespaces, wher
     fi
 }
 
-if [ -z "$(find_bwrap)" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 ||
-        echo "warning: could not install bubblewrap with apt-get" >&2
+missing=()
+[ -n "$(find_bwrap)" ] || missing+=(bubblewrap)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq "${missing[@]}") >/dev/null 2>&1 ||
+        echo "warning: could not install ${missing[*]} with apt-get" >&2
 fi
-without_it="Until then, the sandbox tests that need it are skipped and the grader has only its
-weaker process level (README.md, \"What the isolation protects\")."
+if [ "$(id -u)" = 0 ]; then
+    without_it="Until then, the grader falls back to its weaker process level, with a warning."
+else
+    without_it="Until then, the grader refuses to grade without --accept-weak-isolation, which runs
+student code as your own user (README.md, \"What the isolation protects\")."
+fi
 if [ -z "$(find_bwrap)" ]; then
     cat >&2 <<MESSAGE
 warning: bubblewrap (bwrap) is not installed, and installing it needs root. Ask an administrator:
@@ -56,7 +64,15 @@ $without_it
 MESSAGE
     fi
 fi
+if [ ! -x /usr/bin/chromium ]; then
+    cat >&2 <<MESSAGE
+warning: chromium is not installed, and installing it needs root. Ask an administrator:
+    apt-get install chromium
+Until then, the browser tests of the book are skipped.
+MESSAGE
+fi
 
 ruff format --check .
 ruff check .
-python -m pytest "$@"
+# Both cores (pytest-xdist); the tests that read the built book share one worker.
+python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from autograder import cli, grading
-from autograder.battery import Battery, Check, Mutant
-from autograder.executor import Call, execute_call
-from autograder.judges import match_reference
-from autograder.notebook import KnownCells, read_submission
+from autograder.engine import cli, grading
+from autograder.engine.notebook import KnownCells, read_submission
+from autograder.kit.battery import Battery, Check, Mutant
+from autograder.kit.judges import match_reference
+from autograder.runtime.executor import Call, execute_call
 from solutions import ch03_self_attention as reference
 
 ASSIGNMENT = "ch03_self_attention"
@@ -37,7 +37,7 @@ FUNCTIONS = ["scaled_dot_product_attention", "self_attention", "sinusoidal_posit
 LEAK = "LEAK-MARKER-hidden-tests-5f0c"
 SEED = 982451653123
 VENV_BIN = Path(sys.executable).parent
-SDPA_PATH = "torch.nn.functional.scaled_dot_product_attention"
+SDPA_OPERATION = "F.scaled_dot_product_attention"
 CELL_IDS = itertools.count()
 
 
@@ -81,7 +81,7 @@ def make_battery() -> Battery:
     mutants = (
         Mutant(FUNCTIONS[0], "unscaled", "the scores are not divided by sqrt(d).", _unscaled_sdpa),
     )
-    forbidden = {FUNCTIONS[0]: (SDPA_PATH,), FUNCTIONS[1]: (SDPA_PATH,)}
+    forbidden = {FUNCTIONS[0]: (SDPA_OPERATION,), FUNCTIONS[1]: (SDPA_OPERATION,)}
     return Battery(ASSIGNMENT, "solutions.ch03_self_attention", checks, forbidden, mutants)
 
 
@@ -103,7 +103,7 @@ class InProcessWorker:
     def __init__(self):
         type(self).created += 1
 
-    def run(self, cells, plan, tripwires):
+    def run(self, cells, plan, forbidden=None):
         namespace: dict = {}
         errors = []
         for index, source in enumerate(cells, start=1):
@@ -111,8 +111,10 @@ class InProcessWorker:
                 exec(compile(source, f"<cell {index}>", "exec"), namespace)
             except Exception as error:
                 errors.append((index, f"{type(error).__name__}: {error}"))
+        forbidden = forbidden or {}
         results = {
-            name: [execute_call(namespace, call) for call in calls] for name, calls in plan.items()
+            name: [execute_call(namespace, c, forbidden.get(c.function, ())) for c in calls]
+            for name, calls in plan.items()
         }
         return FakeReport(results, cell_errors=errors)
 
@@ -414,9 +416,7 @@ def test_interrupt_keeps_finished_records_and_resumes(small_batch):
 
 def test_command_line_prints_progress_and_summary(small_batch, monkeypatch, capsys):
     monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
-    monkeypatch.setattr(
-        grading, "default_worker_factory", lambda isolation, limits=None: InProcessWorker
-    )
+    monkeypatch.setattr(grading, "default_worker_factory", lambda *options: InProcessWorker)
     monkeypatch.setattr(grading, "REPOSITORY", small_batch)
     (small_batch / "exercises").symlink_to(small_batch / "course")
     monkeypatch.chdir(small_batch)
@@ -523,7 +523,7 @@ def test_reader_survives_odd_cells(tmp_path):
     ]
     submission = _read(tmp_path, notebook)
     assert submission.readable
-    assert "# %matplotlib inline\nx = 1" in submission.cells
+    assert "pass\nx = 1" in submission.cells
     assert sum("not a valid notebook cell" in p for p in submission.problems) == 2
 
 
@@ -591,7 +591,7 @@ def test_nbgrader_course_gets_manual_scores_and_tampering_report(tmp_path, monke
 @pytest.mark.slow
 @pytest.mark.parametrize("isolation", ["auto", "process"])
 def test_real_battery_in_the_sandbox(tmp_path, isolation):
-    from autograder.sandbox_launch import bwrap_works
+    from autograder.sandbox.launch import bwrap_works
 
     release = grading.REPOSITORY / "exercises" / "release" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     blank = json.loads(release.read_text())
@@ -618,7 +618,7 @@ def test_real_battery_in_the_sandbox(tmp_path, isolation):
 
 
 def test_cli_limits_default_to_the_sandbox_defaults_and_can_be_raised():
-    from autograder.cli import limits_of, parser
+    from autograder.engine.cli import limits_of, parser
     from autograder.sandbox import Limits
 
     defaults = parser().parse_args(["grade", ASSIGNMENT, "submitted"])
@@ -629,3 +629,107 @@ def test_cli_limits_default_to_the_sandbox_defaults_and_can_be_raised():
     limits = limits_of(raised)
     assert (limits.call_wall_seconds, limits.call_cpu_seconds) == (30.0, 30.0)
     assert limits.memory_bytes == 3 << 29
+
+
+# The self-check and the grader's own failures ----------------------------------------------
+
+
+class SlowWorker(InProcessWorker):
+    """A worker on which every call times out: a machine too slow for the limits."""
+
+    def run(self, cells, plan, forbidden=None):
+        report = super().run(cells, plan, forbidden)
+        report.results = dict.fromkeys(plan)
+        report.failures = dict.fromkeys(plan, "your code ran for more than 10 s")
+        return report
+
+
+def test_self_check_stops_the_run_before_any_student_is_graded(small_batch, monkeypatch, capsys):
+    monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
+    monkeypatch.setattr(grading, "default_worker_factory", lambda *options: SlowWorker)
+    monkeypatch.setattr(grading, "REPOSITORY", small_batch)
+    (small_batch / "exercises").symlink_to(small_batch / "course")
+    monkeypatch.chdir(small_batch)
+    status = cli.main(["grade", ASSIGNMENT, "subs", "--workers", "1"])
+    captured = capsys.readouterr()
+    assert status == cli.EXIT_SELF_CHECK
+    assert "self-check failed" in captured.err and "0 / 30" in captured.err
+    assert "--time-limit" in captured.err  # the cause and its fix
+    assert not list((small_batch / "grading" / ASSIGNMENT / "records").iterdir())
+
+
+def test_self_check_failure_names_a_broken_battery(small_batch):
+    battery = make_battery()
+    wrong = Check("sdpa_values", FUNCTIONS[0], 5, _sdpa_calls, "m.", lambda *args: "differs")
+    battery = Battery(battery.assignment, battery.reference, (wrong, *battery.checks[1:]), {})
+    with pytest.raises(grading.SelfCheckFailed, match="disagree") as failed:
+        grading.grade(
+            ASSIGNMENT, small_batch / "subs", small_batch / "out", workers=1, seed=SEED,
+            battery=battery, worker_factory=InProcessWorker, course_root=small_batch / "course",
+        )  # fmt: skip
+    assert "25 / 30" in str(failed.value)
+
+
+class FailingWorker(InProcessWorker):
+    """A worker whose sandbox breaks on one student's submission (a harness failure)."""
+
+    def run(self, cells, plan, forbidden=None):
+        if any("return 7" in cell for cell in cells):
+            raise RuntimeError("the grading sandbox cannot start a child")
+        return super().run(cells, plan, forbidden)
+
+
+def test_a_grader_failure_gives_no_score_and_a_non_zero_exit(small_batch, monkeypatch, capsys):
+    notebook = small_batch / "subs" / "blank" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    broken = honest_notebook()
+    broken["cells"].append(_cell("code", "def unused():\n    return 7\n"))
+    notebook.write_text(json.dumps(broken))
+    monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
+    monkeypatch.setattr(grading, "default_worker_factory", lambda *options: FailingWorker)
+    monkeypatch.setattr(grading, "REPOSITORY", small_batch)
+    (small_batch / "exercises").symlink_to(small_batch / "course")
+    monkeypatch.chdir(small_batch)
+    status = cli.main(["grade", ASSIGNMENT, "subs", "--json", "out.json", "--workers", "1"])
+    captured = capsys.readouterr()
+    assert status == cli.EXIT_GRADER_ERRORS
+    assert "grader failed on 1 submissions" in captured.err
+    records = [r for r in json.loads((small_batch / "out.json").read_text())]
+    assert {r["score"] for r in records if r["student"] == "blank"} == {None}
+    assert all(r["score"] is not None for r in records if r["student"] != "blank")
+    assert "not your mistake" in next(r["feedback"] for r in records if r["student"] == "blank")
+    rows = (small_batch / "grading" / ASSIGNMENT / "grades.csv").read_text().splitlines()
+    assert next(row for row in rows if row.startswith("blank,")) == "blank,,,,,30"
+
+
+def test_a_record_the_grader_did_not_write_is_detected_and_regraded(small_batch):
+    _grade(small_batch)
+    forged_path = small_batch / "out" / "records" / "blank.json"
+    forged = json.loads(forged_path.read_text())
+    forged["score"] = forged["max_score"]  # a blank notebook made to look perfect
+    for entry in forged["functions"].values():
+        entry["score"] = entry["max_score"]
+    forged_path.write_text(json.dumps(forged))  # same digest: a plain re-run would keep it
+    again = _grade(small_batch)
+    assert again.forged == ["blank"] and again.graded_now == 1
+    rows = (small_batch / "out" / "grades.csv").read_text().splitlines()
+    assert next(row for row in rows if row.startswith("blank,")) == "blank,0,0,0,0,30"
+    assert _grade(small_batch).forged == []
+
+
+@pytest.mark.parametrize(
+    "cell, plain",
+    [
+        ("if True:\n    %time y = 2\nz = 3", "if True:\n    y = 2\nz = 3"),
+        ("for i in range(2):\n    !ls\n", "for i in range(2):\n    pass\n"),
+        ("%matplotlib inline\nx = 1", "pass\nx = 1"),
+        ("%timeit -n 3 f()\n", "pass\n"),
+        ("%%time\nx = 1", "\nx = 1"),
+        ("%%bash\nls -l", "pass"),
+        ("x = 5 % 3  # a remainder, not a magic", "x = 5 % 3  # a remainder, not a magic"),
+    ],
+)
+def test_magics_become_plain_python_once(cell, plain):
+    from autograder.engine.notebook import without_magics
+
+    assert without_magics(cell) == plain
+    compile(without_magics(cell), "<cell>", "exec")  # valid Python, indented blocks included

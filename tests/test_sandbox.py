@@ -8,16 +8,18 @@ exercised; the same Worker then grades the next submission.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from autograder.executor import Call, Result
-from autograder.sandbox import BUBBLEWRAP, PROCESS, Limits, RunReport, Worker
-from autograder.sandbox_codec import (
+from autograder.engine.notebook import without_magics
+from autograder.runtime.codec import (
     FrameReader,
     Malformed,
     TensorPacker,
@@ -27,6 +29,8 @@ from autograder.sandbox_codec import (
     encode_result,
     frame,
 )
+from autograder.runtime.executor import Call, Result
+from autograder.sandbox import BUBBLEWRAP, PROCESS, Limits, RunReport, Worker
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = Limits(
@@ -72,7 +76,7 @@ ATTACKS = [
     ("abort", "os.abort()", r"aborted"),
     ("kill_parent", "os.kill(os.getppid(), 9)\n    return x", r"PermissionError|parent"),
     ("kill_process_group", "os.killpg(0, 9)", r"killed \(SIGKILL\)"),
-    ("kill_everything", "os.kill(-1, 9)\n    return x", r"ok|killed \(SIGKILL\)"),
+    ("kill_everything", "os.kill(-1, 9)\n    return x", r"PermissionError"),
     ("stop_itself", "os.kill(os.getpid(), signal.SIGSTOP)", r"ran for more than 2 s"),
     (
         "ignore_sigterm",
@@ -182,7 +186,6 @@ def test_attack_costs_only_the_attacked_check(worker, name, body, expected):
     report = worker.run([HONEST, attacked_cell(body)], PLAN)
     assert_honest(report)
     assert re.search(expected, verdict(report, "attacked")), verdict(report, "attacked")
-    assert len(report.output) <= LIMITS.output_bytes + 100
     if worker.own_user:
         assert processes_of(worker.uid) == []
 
@@ -198,20 +201,22 @@ def test_top_level_attack_costs_only_its_cell(worker, name, cell, expected):
 
 
 def test_honest_submission_after_the_attacks(worker):
-    cells = [HONEST, "%matplotlib inline\n!ls\nprint('hello')", attacked_cell("return x * 3")]
+    magics = without_magics("%matplotlib inline\n!ls\nprint('hello')")  # as the reader gives it
+    cells = [HONEST, magics, attacked_cell("return x * 3")]
     report = worker.run(cells, PLAN)
     assert_honest(report)
     assert torch.equal(report.results["attacked"][0].outputs[0], X * 3)
     assert report.failures == {} and report.cell_errors == []
-    assert report.output == "hello\n"
     assert report.isolation in (BUBBLEWRAP, PROCESS)
 
 
-def test_tripwires_record_forbidden_calls(worker):
-    cells = [HONEST, attacked_cell("return getattr(torch.nn.functional, 'soft' + 'max')(x, -1)")]
-    report = worker.run(cells, PLAN, tripwires=["torch.nn.functional.softmax"])
+def test_the_child_watches_each_function_for_its_forbidden_operations(worker):
+    hidden = "getattr(torch.nn.functional, 'scaled_dot_' + 'product_attention')"
+    cells = [HONEST, attacked_cell(f"return {hidden}(x, x, x)")]
+    sdpa = "F.scaled_dot_product_attention"
+    report = worker.run(cells, PLAN, {"attacked": [sdpa], "double": ["F.layer_norm"]})
     assert_honest(report)
-    assert report.results["attacked"][0].forbidden == ["torch.nn.functional.softmax"]
+    assert report.results["attacked"][0].forbidden == [sdpa]
     assert report.results["honest_before"][0].forbidden == []
 
 
@@ -264,7 +269,8 @@ def test_child_cannot_see_the_course(worker):
 
 
 def test_process_level_isolation_and_server_restart():
-    with Worker(LIMITS, isolation="process") as worker:
+    weak = os.geteuid() != 0  # without root the level must be accepted explicitly
+    with Worker(LIMITS, isolation="process", accept_weak=weak) as worker:
         assert worker.isolation == PROCESS
         no_solutions, no_autograder, *_ = probe(worker)
         assert no_solutions and no_autograder
@@ -279,12 +285,57 @@ def test_process_level_isolation_and_server_restart():
         assert report.failures == {}
 
 
-def test_bubblewrap_is_required_when_asked(monkeypatch):
-    import autograder.sandbox as sandbox
+BLOCKED = "bubblewrap is installed but cannot create a sandbox on this host (test)"
 
-    monkeypatch.setattr(sandbox, "bwrap_works", lambda: False)
-    with pytest.raises(RuntimeError, match="bubblewrap"):
+
+@pytest.fixture
+def no_bubblewrap(monkeypatch):
+    """A host where bubblewrap cannot start; the warning is shown again."""
+    import autograder.sandbox.worker as sandbox
+
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: BLOCKED)
+    monkeypatch.setattr(sandbox, "_warned", False)
+    return sandbox
+
+
+def test_bubblewrap_is_required_when_asked(no_bubblewrap):
+    with pytest.raises(no_bubblewrap.IsolationUnavailable, match="cannot create a sandbox"):
         Worker(LIMITS, isolation="bubblewrap")
+
+
+@pytest.mark.parametrize("isolation", ["auto", "process"])
+def test_without_root_the_process_level_needs_explicit_consent(
+    no_bubblewrap, monkeypatch, capsys, isolation
+):
+    monkeypatch.setattr(no_bubblewrap.os, "geteuid", lambda: 1000)
+    with pytest.raises(no_bubblewrap.IsolationUnavailable) as refused:
+        no_bubblewrap._choose_isolation(isolation)
+    assert "--accept-weak-isolation" in str(refused.value)
+    assert "kill the grader" in str(refused.value)
+    if isolation == "auto":  # it says why bubblewrap cannot start, and how to enable it
+        assert BLOCKED in str(refused.value)
+    assert no_bubblewrap._choose_isolation(isolation, accept_weak=True) is False
+    warning = capsys.readouterr().err
+    assert "WARNING" in warning and "kill the grader" in warning
+
+
+def test_as_root_auto_falls_back_loudly_never_silently(no_bubblewrap, monkeypatch, capsys):
+    monkeypatch.setattr(no_bubblewrap.os, "geteuid", lambda: 0)
+    assert no_bubblewrap._choose_isolation("auto") is False
+    warning = capsys.readouterr().err
+    assert "WARNING" in warning and BLOCKED in warning
+
+
+def test_bubblewrap_problems_say_how_to_enable_it(monkeypatch):
+    from autograder.sandbox import launch
+
+    monkeypatch.setattr(launch, "bwrap_path", lambda: None)
+    launch.bwrap_problem.cache_clear()
+    try:
+        assert "apt-get install bubblewrap" in launch.bwrap_problem()
+    finally:
+        launch.bwrap_problem.cache_clear()
+    assert "sysctl" in launch.BWRAP_BLOCKED
 
 
 # The codec, on its own
@@ -342,3 +393,67 @@ def test_garbage_frames_are_malformed(data):
 def test_bad_results_are_malformed(meta):
     with pytest.raises(Malformed):
         decode_result(meta, {})
+
+
+def test_a_hang_costs_one_time_limit_per_function(worker):
+    hanging = "def stuck(x):\n    while True:\n        pass\n"
+    plan = {
+        "honest_before": [Call("double", (X,))],
+        **{f"stuck_{n}": [Call("stuck", (X,))] for n in range(4)},
+        "honest_after": [Call("double", (X,), grad=True)],
+    }
+    spawned = []
+    spawn = worker.spawn
+    worker.spawn = lambda spec: spawned.append(spec) or spawn(spec)
+    try:
+        report = worker.run([HONEST, hanging], plan)
+    finally:
+        del worker.spawn
+    assert_honest(report)
+    reasons = {report.failures[f"stuck_{n}"] for n in range(4)}
+    assert reasons == {"your code ran for more than 2 s"}
+    assert len(spawned) == 2  # one child hung once and was replaced: one time limit, not four
+
+
+def test_a_child_that_cannot_be_confined_is_the_graders_failure():
+    from autograder.sandbox.worker import HarnessFailure
+
+    broken = dataclasses.replace(LIMITS, processes="not a number")  # setrlimit raises
+    with Worker(broken, isolation="auto") as worker, pytest.raises(HarnessFailure):
+        worker.run([HONEST], {"honest_before": [Call("double", (X,))]})
+
+
+SIGNALS_PROBE = """
+import os, signal, sys
+from autograder.runtime import seccomp
+
+def attempt(call):
+    try:
+        call()
+        return "ok"
+    except PermissionError:
+        return "refused"
+
+parent, other = os.getppid(), int(sys.argv[1])
+os.setsid()
+assert seccomp.install()
+signal.signal(signal.SIGUSR1, lambda *args: None)
+print(attempt(lambda: os.kill(parent, signal.SIGTERM)), attempt(lambda: os.kill(other, 9)),
+      attempt(lambda: os.kill(-1, 9)), attempt(lambda: os.kill(parent, 0)),
+      attempt(lambda: os.kill(os.getpid(), signal.SIGUSR1)), attempt(lambda: os.killpg(0, 0)))
+"""
+
+
+def test_seccomp_filter_lets_a_child_signal_only_itself():
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SIGNALS_PROBE, str(other.pid)],
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+        )  # fmt: skip
+        assert done.stdout.split() == ["refused", "refused", "refused", "ok", "ok", "ok"], (
+            done.stdout + done.stderr
+        )
+        assert other.poll() is None
+    finally:
+        other.kill()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from autograder.battery import Battery
+from autograder.kit.battery import Battery
 
 
 class UnknownAssignment(KeyError):

@@ -1,0 +1,1 @@
+"""The grading engine: read notebooks, grade every submission, write grades and reports."""
