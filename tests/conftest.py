@@ -10,6 +10,15 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The inputs are tiny: one thread is fastest and shares the machine best."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def built_book():
     """The course's book, built once per test session (from the execution cache where it
