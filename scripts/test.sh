@@ -74,5 +74,5 @@ fi
 
 ruff format --check .
 ruff check .
-# Both cores (pytest-xdist); the tests that read the built book share one worker.
-python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
+# Both cores (pytest-xdist); the book is built by one worker at a time (tests/conftest.py).
+python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from autograder.batteries import load_battery
-from autograder.kit.battery import judge_plan, make_plan, run_reference, scores_by_function
+from autograder.kit.battery import make_plan
 from autograder.mutants.ch02_attention import MUTANTS
-from autograder.runtime.executor import execute_call
+from tests.battery_grading import grade_functions
 
 ASSIGNMENT = "ch02_attention"
 BATTERY = load_battery(ASSIGNMENT)
@@ -16,31 +16,11 @@ REFERENCE = BATTERY.reference_namespace()
 DOT, ADDITIVE, MASK, SOFTMAX, ATTEND = BATTERY.functions
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The inputs are tiny: one thread is fastest and shares the machine best."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grade(namespace, seed, functions=None):
-    """Scores by function and outcomes of ``namespace`` on the checks of ``functions``."""
-    functions = functions or BATTERY.functions
-    plan = make_plan(BATTERY, seed)
-    expected = run_reference(BATTERY, plan)
-    names = {check.name for check in BATTERY.checks if check.function in functions}
-    actual = {
-        name: [execute_call(namespace, call) for call in calls] if name in names else None
-        for name, calls in plan.calls.items()
-    }
-    outcomes = [
-        outcome
-        for outcome in judge_plan(BATTERY, plan, actual, expected)
-        if outcome.check.function in functions
-    ]
-    return scores_by_function(BATTERY, outcomes), outcomes
+    return grade_functions(BATTERY, namespace, seed, functions)
 
 
 # --- other correct answers ---

@@ -8,8 +8,8 @@ import torch
 
 from autograder.batteries import load_battery
 from autograder.batteries.ch04_masking import random_mask
-from autograder.kit.battery import judge_plan, make_plan, run_reference, scores_by_function
-from autograder.runtime.executor import execute_call
+from autograder.kit.battery import make_plan
+from tests.battery_grading import grade_functions
 
 ASSIGNMENT = "ch04_masking"
 BATTERY = load_battery(ASSIGNMENT)
@@ -17,28 +17,11 @@ REFERENCE = BATTERY.reference_namespace()
 CAUSAL, PADDING, MASKED, CAUSAL_SELF = BATTERY.functions
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grade(namespace, seed=1, functions=None):
-    plan = make_plan(BATTERY, seed)
-    expected = run_reference(BATTERY, plan)
-    functions = functions or BATTERY.functions
-    names = {check.name for check in BATTERY.checks if check.function in functions}
-    actual = {
-        name: [execute_call(namespace, call) for call in calls]
-        for name, calls in plan.calls.items()
-        if name in names
-    }
-    outcomes = [
-        o for o in judge_plan(BATTERY, plan, actual, expected) if o.check.function in functions
-    ]
-    return scores_by_function(BATTERY, outcomes), outcomes
+    return grade_functions(BATTERY, namespace, seed, functions)
 
 
 # --- other right answers ---
