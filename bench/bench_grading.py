@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import os
 import random
 import re
@@ -63,6 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from autograder.engine.gradebook import course_settings  # noqa: E402
+from autograder.kit.mistakes import standalone_source  # noqa: E402
 from autograder.mutants.ch03_self_attention import MUTANTS  # noqa: E402
 from exercises import build  # noqa: E402
 
@@ -108,37 +108,6 @@ def honest_sources(course: Path) -> dict[str, str]:
 # Known mistakes as cell text ----------------------------------------------------------------
 
 
-def _names_used(code) -> set[str]:
-    """Global names used by a code object and the functions and lambdas inside it."""
-    names = set(code.co_names)
-    for constant in code.co_consts:
-        if inspect.iscode(constant):
-            names |= _names_used(constant)
-    return names
-
-
-def _helpers(function, module) -> list:
-    """The module's private functions that ``function`` needs, dependencies first."""
-    found: list = []
-    for name in sorted(_names_used(function.__code__)):
-        helper = getattr(module, name, None)
-        if name.startswith("_") and inspect.isfunction(helper) and helper is not function:
-            for needed in [*_helpers(helper, module), helper]:
-                if needed not in found:
-                    found.append(needed)
-    return found
-
-
-def mutant_source(mutant) -> str:
-    """A cell that defines ``mutant.function`` as the mutant (and the helpers it calls)."""
-    function = mutant.implementation
-    module = inspect.getmodule(function)
-    helpers = [inspect.getsource(helper) for helper in _helpers(function, module)]
-    own = inspect.getsource(function)
-    own = re.sub(rf"\bdef {function.__name__}\(", f"def {mutant.function}(", own, count=1)
-    return "\n\n".join([*helpers, own]).rstrip() + "\n"
-
-
 # Submissions ------------------------------------------------------------------------------
 
 
@@ -177,7 +146,7 @@ def submission(student: Student, release, honest: dict[str, str]):
         cell.source = honest[name]
     for mistake in student.mistakes:
         if student.kind == "wrong":
-            cells[mutants[mistake].function].source = mutant_source(mutants[mistake])
+            cells[mutants[mistake].function].source = standalone_source(mutants[mistake])
         else:  # partial: this answer stays as released
             cells[mistake].source = answer_cells(nbformat.from_dict(release))[mistake].source
     return nb

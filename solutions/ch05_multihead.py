@@ -1,6 +1,12 @@
-"""Chapter 5 reference: splitting into heads, merging them, multi-head attention."""
+"""Chapter 5 reference: splitting into heads, merging them, multi-head attention.
 
-from solutions.ch04_masking import masked_attention
+``multi_head_attention`` masks its scores as chapter 4's ``masked_attention`` does, written
+out in its own body: the exercise notebook of chapter 5 then needs nothing of chapter 4.
+"""
+
+import math
+
+import torch
 
 LEAK_MARKER = "LEAK-MARKER-solutions-ch05-43cadc5d"
 
@@ -68,8 +74,16 @@ def multi_head_attention(
     q = split_heads(query @ W_q.T + b_q, num_heads)  # (B, h, Tq, d)
     k = split_heads(key @ W_k.T + b_k, num_heads)  # (B, h, Tk, d)
     v = split_heads(value @ W_v.T + b_v, num_heads)  # (B, h, Tk, d)
-    if mask is not None and mask.dim() == 3:
-        mask = mask.unsqueeze(1)  # (B, 1, Tq, Tk): the same mask for every head
-    heads, weights = masked_attention(q, k, v, mask)  # (B, h, Tq, d), (B, h, Tq, Tk)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Tq, Tk)
+    if mask is not None:
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1)  # (B, 1, Tq, Tk): the same mask for every head
+        # As in chapter 4: the lowest finite score keeps a fully masked row finite, and the
+        # second where() gives it zero weights.
+        scores = torch.where(mask, scores, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1)  # (B, h, Tq, Tk)
+    if mask is not None:
+        weights = torch.where(mask, weights, 0.0)
+    heads = weights @ v  # (B, h, Tq, d)
     out = merge_heads(heads) @ W_o.T + b_o  # (B, Tq, D)
     return out, weights

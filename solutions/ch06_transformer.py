@@ -107,7 +107,9 @@ class EncoderLayer(nn.Module):
         Returns:
             (B, T, D) encoded sequence.
         """
-        attn_mask = pytorch_attn_mask(mask, self.self_attn.num_heads)  # (T, T) or (B*h, T, T)
+        attn_mask = None if mask is None else ~mask  # nn.MultiheadAttention: True = may NOT
+        if attn_mask is not None and attn_mask.dim() == 3:  # the heads of one example together
+            attn_mask = attn_mask.repeat_interleave(self.self_attn.num_heads, dim=0)
 
         def attend(h):  # (B, T, D) -> (B, T, D)
             out, _ = self.self_attn(h, h, h, attn_mask=attn_mask, need_weights=False)
@@ -117,8 +119,13 @@ class EncoderLayer(nn.Module):
             l1, l2 = self.linear1, self.linear2
             return feed_forward(h, l1.weight, l1.bias, l2.weight, l2.bias)
 
-        x = residual(x, attend, self.norm1, self.norm_first)  # (B, T, D)
-        return residual(x, ffn, self.norm2, self.norm_first)  # (B, T, D)
+        def add_norm(h, sublayer, norm):  # (B, T, D) -> (B, T, D)
+            if self.norm_first:  # pre-norm: h + sublayer(norm(h))
+                return h + sublayer(layer_norm(h, norm.weight, norm.bias, norm.eps))
+            return layer_norm(h + sublayer(h), norm.weight, norm.bias, norm.eps)  # post-norm
+
+        x = add_norm(x, attend, self.norm1)  # (B, T, D)
+        return add_norm(x, ffn, self.norm2)  # (B, T, D)
 
 
 class DecoderLayer(nn.Module):
@@ -152,8 +159,15 @@ class DecoderLayer(nn.Module):
             (B, Tq, D) decoded sequence.
         """
         num_heads = self.self_attn.num_heads
-        self_mask = pytorch_attn_mask(tgt_mask, num_heads)  # (Tq, Tq) or (B*h, Tq, Tq)
-        cross_mask = pytorch_attn_mask(memory_mask, num_heads)  # (Tq, Tk) or (B*h, Tq, Tk)
+
+        def attn_mask(mask):  # nn.MultiheadAttention's: True = may NOT attend
+            if mask is None:
+                return None
+            if mask.dim() == 3:  # (B*h, Tq, Tk): the heads of one example together
+                return ~mask.repeat_interleave(num_heads, dim=0)
+            return ~mask
+
+        self_mask, cross_mask = attn_mask(tgt_mask), attn_mask(memory_mask)
 
         def attend_self(h):  # (B, Tq, D) -> (B, Tq, D)
             out, _ = self.self_attn(h, h, h, attn_mask=self_mask, need_weights=False)
@@ -168,6 +182,11 @@ class DecoderLayer(nn.Module):
             l1, l2 = self.linear1, self.linear2
             return feed_forward(h, l1.weight, l1.bias, l2.weight, l2.bias)
 
-        y = residual(y, attend_self, self.norm1, self.norm_first)  # (B, Tq, D)
-        y = residual(y, attend_memory, self.norm2, self.norm_first)  # (B, Tq, D)
-        return residual(y, ffn, self.norm3, self.norm_first)  # (B, Tq, D)
+        def add_norm(h, sublayer, norm):  # (B, Tq, D) -> (B, Tq, D)
+            if self.norm_first:  # pre-norm: h + sublayer(norm(h))
+                return h + sublayer(layer_norm(h, norm.weight, norm.bias, norm.eps))
+            return layer_norm(h + sublayer(h), norm.weight, norm.bias, norm.eps)  # post-norm
+
+        y = add_norm(y, attend_self, self.norm1)  # (B, Tq, D)
+        y = add_norm(y, attend_memory, self.norm2)  # (B, Tq, D)
+        return add_norm(y, ffn, self.norm3)  # (B, Tq, D)

@@ -5,6 +5,8 @@ on the ``meta`` device (which catches tensors created on a fixed device), on CUD
 float32/float16/bfloat16 when a GPU is present, and for not modifying its inputs.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -72,9 +74,9 @@ def assert_unmodified(fn, *args, **kwargs):
     """Call ``fn`` and assert that no tensor argument changed, in value or in version."""
     before = [(t, t.detach().clone(), t._version) for t in tensors_of((args, kwargs))]
     result = fn(*args, **kwargs)
-    for tensor, copy, version in before:
+    for tensor, saved, version in before:
         assert tensor._version == version, "an input was modified in place"
-        torch.testing.assert_close(tensor.detach(), copy, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(tensor.detach(), saved, rtol=0, atol=0, equal_nan=True)
     return result
 
 
@@ -101,17 +103,6 @@ def assert_same_layout_on_meta(cpu_out, meta_out):
         assert meta_tensor.dtype == cpu_tensor.dtype
 
 
-def assert_meta_matches(fn, *args, **kwargs):
-    """Run ``fn`` on the CPU and on ``meta``: same structure, shapes and dtypes, all on meta.
-
-    A tensor created on a fixed device inside ``fn`` fails here, either with a device
-    mismatch error or with an output that is not on ``meta``.
-    """
-    cpu_out = fn(*args, **kwargs)
-    meta_out = fn(*move(args, "meta"), **move(kwargs, "meta"))
-    assert_same_layout_on_meta(cpu_out, meta_out)
-
-
 def assert_cuda_matches(fn, dtype, *args, **kwargs):
     """Run ``fn`` on CUDA in ``dtype`` and compare with its float64 CPU result."""
     expected = fn(*args, **kwargs)
@@ -121,6 +112,11 @@ def assert_cuda_matches(fn, dtype, *args, **kwargs):
     expected = tree_map(lambda t: t.to(dtype) if t.is_floating_point() else t, expected)
     actual = move(actual, "cpu")
     assert_close(actual, expected, **CUDA_TOLERANCES[dtype])
+
+
+def moved_module(module, device, dtype=None):
+    """A copy of ``module`` on ``device`` (and in ``dtype`` when given); the original stays."""
+    return copy.deepcopy(module).to(device=device, dtype=dtype)
 
 
 def randn(*shape, generator, requires_grad=False):

@@ -33,13 +33,7 @@ ASSIGNMENTS_WITH_BATTERY = available()
 SEEDS = (1, 2, 3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The inputs are tiny: one thread is fastest and shares the machine best."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache

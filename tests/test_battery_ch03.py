@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 from autograder.batteries import UnknownAssignment, available, load_battery
 from autograder.kernel import grade_function
-from autograder.kit.battery import judge_plan, make_plan, run_reference, scores_by_function
+from autograder.kit.battery import make_plan, run_reference
 from autograder.mutants.ch03_self_attention import MUTANTS
 from autograder.runtime.executor import execute_call
+from tests.battery_grading import grade_functions
 
 ASSIGNMENT = "ch03_self_attention"
 BATTERY = load_battery(ASSIGNMENT)
@@ -19,13 +20,7 @@ SDPA, SELF, PE = BATTERY.functions
 SEED = 20240611
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The inputs are tiny: one thread is fastest and shares the machine best."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +31,7 @@ def planned():
 
 
 def grade(namespace, planned, functions=None):
-    """Scores by function and outcomes of ``namespace``, on the checks of ``functions``."""
-    plan, expected = planned
-    functions = functions or BATTERY.functions
-    names = {check.name for check in BATTERY.checks if check.function in functions}
-    actual = {
-        name: [execute_call(namespace, call) for call in calls]
-        for name, calls in plan.calls.items()
-        if name in names
-    }
-    outcomes = [
-        outcome
-        for outcome in judge_plan(BATTERY, plan, actual, expected)
-        if outcome.check.function in functions
-    ]
-    return scores_by_function(BATTERY, outcomes), outcomes
+    return grade_functions(BATTERY, namespace, functions=functions, plan=planned)
 
 
 def with_function(name, implementation):

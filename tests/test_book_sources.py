@@ -125,8 +125,11 @@ def test_launch_buttons_and_pages_workflow_are_configured():
     assert settings["launch_buttons"]["jupyterhub_url"]
     assert settings["html"]["use_repository_button"] is True
     binder = (ROOT / ".binder" / "requirements.txt").read_text()
-    assert "-r ../requirements.txt" in binder.splitlines()
-    assert (ROOT / ".binder" / "runtime.txt").read_text().strip() == "python-3.11"
+    runtime = (ROOT / ".binder" / "runtime.txt").read_text().strip()
+    assert runtime == "python-3.11"
+    lock = f"requirements/lock-py{runtime.removeprefix('python-')}.txt"  # the runtime's lock
+    assert f"-r ../{lock}" in binder.splitlines()
+    assert (ROOT / lock).is_file()
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "pages.yml").read_text())
     assert workflow[True]["push"]["branches"] == ["main"]  # YAML reads the key `on` as True
     steps = workflow["jobs"]["build"]["steps"]

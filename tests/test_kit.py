@@ -27,7 +27,8 @@ from autograder.kit.battery import (
 from autograder.kit.judges import match_reference
 from autograder.kit.mistakes import KnownMistakes
 from autograder.kit.standard import standard_checks
-from autograder.runtime.executor import Call, Callback, Module, execute_call
+from autograder.runtime.codec import TensorPacker, decode_call, encode_call
+from autograder.runtime.executor import Call, Callback, Module, OnDevice, execute_call
 from autograder.sandbox import Worker
 
 JUDGE = match_reference(rtol=1e-5, atol=1e-6)
@@ -203,6 +204,31 @@ def test_a_callable_argument_crosses_the_sandbox_as_data():
     assert any("passed to step differ" in r or "called step" in r for r in reasons), reasons
 
 
+# A tensor kept on its own device ------------------------------------------------------------
+
+
+def test_a_tensor_kept_on_its_device_stays_there_across_the_sandbox():
+    """``OnDevice`` keeps an argument (lengths on the CPU) off the call's device (here meta,
+    which any machine has), through the codec and in the sandboxed child."""
+    x, lengths = torch.randn(3, 4), torch.tensor([4, 1, 2])
+    call = Call("where_lengths", (x, OnDevice(lengths)), device="meta")
+    packer = TensorPacker()
+    again = decode_call(encode_call(call, packer), packer.tensors)
+    assert isinstance(again.args[1], OnDevice) and torch.equal(again.args[1].tensor, lengths)
+    cell = (
+        "def where_lengths(x, lengths):\n"
+        "    return x.sum(dim=-1), lengths * 2, lengths.device.type == 'cpu'\n"
+    )
+    with Worker() as worker:
+        report = worker.run([cell], {"check": [call]})
+    (result,) = report.results["check"]
+    assert result.error is None, result.error
+    summed, doubled, _ = result.outputs
+    assert summed.device.type == "meta" and doubled.device.type == "cpu"
+    assert torch.equal(doubled, lengths * 2)
+    assert torch.equal(result.inputs_after["args[1]"], lengths)
+
+
 # A class contract, with weights injected ---------------------------------------------------
 
 
@@ -243,3 +269,44 @@ def test_a_class_contract_is_graded_with_injected_weights():
     actual = {name: [execute_call(wrong, c) for c in calls] for name, calls in plan.calls.items()}
     outcomes = judge_plan(battery, plan, actual, expected)
     assert [o.mistake for o in outcomes] == ["post- and pre-norm swapped."] * 2
+
+
+# Forbidden lists per function ----------------------------------------------------------------
+
+
+def _normalise_calls(generator, **options):
+    return [Call("normalise", (inputs.randn(generator, 3, 4),), **options)]
+
+
+def normalise(x):
+    """Layer normalisation by hand: the toy contract that may not reach F.layer_norm."""
+    mean = x.mean(-1, keepdim=True)
+    return (x - mean) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+
+
+def block(x):
+    """A toy contract that may use F.layer_norm (it is not on its list)."""
+    return torch.nn.functional.layer_norm(x, x.shape[-1:]) * 2
+
+
+def _block_calls(generator, **options):
+    return [Call("block", (inputs.randn(generator, 3, 4),), **options)]
+
+
+def test_forbidden_lists_are_per_function():
+    """F.layer_norm costs 'normalise' everything and 'block' nothing."""
+    checks = (
+        Check("normalise_values", "normalise", 1, _normalise_calls, "wrong.", JUDGE),
+        Check("block_values", "block", 1, _block_calls, "wrong.", JUDGE),
+    )
+    battery = Battery("toy", "tests.test_kit", checks, {"normalise": ("F.layer_norm",)})
+    cheat = {"normalise": lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:]), "block": block}
+    plan = make_plan(battery, 1)
+    expected = run_reference(battery, plan)
+    actual = {
+        name: [execute_call(cheat, c, battery.forbidden.get(c.function, ())) for c in calls]
+        for name, calls in plan.calls.items()
+    }
+    outcomes = judge_plan(battery, plan, actual, expected)
+    assert scores_by_function(battery, outcomes) == {"normalise": 0, "block": 1}
+    assert "reaches the forbidden operation F.layer_norm" in outcomes[0].reason

@@ -1,12 +1,15 @@
-"""The nbgrader round trip of the chapter 3 exercise, in a throwaway copy of the course.
+"""The nbgrader round trip of every chapter's exercise, each in a throwaway copy of the course.
 
-Release the assignment, validate the source (it passes) and the release (its tests fail),
-autograde four submissions with the hidden test cells, which run the battery in the
-kernel (the reference, the untouched release, one with a wrong function, and a right one
-that writes warnings on stderr), and export the grades to CSV.
+Per assignment with a template and a battery (one round trip each): release the
+assignment, validate the source (it passes) and the release (every check cell fails, and
+says that the function is not written yet), autograde four submissions with the hidden
+test cells, which run the battery in the kernel (the reference, the untouched release, one
+with a known mistake in its last function, and a right one that writes warnings on stderr),
+and export the grades to CSV.
 """
 
 import csv
+import importlib
 import shutil
 from pathlib import Path
 
@@ -16,34 +19,24 @@ from nbgrader.api import Gradebook
 from nbgrader.validator import Validator
 from traitlets.config.loader import PyFileConfigLoader
 
+from autograder.batteries import available
+from autograder.contracts import assignment as contracts_of
 from exercises import build
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-AUTOGRADER = REPO / "autograder"
-ASSIGNMENT = "ch03_self_attention"
-CONTRACT = ("scaled_dot_product_attention", "self_attention", "sinusoidal_positional_encoding")
-POINTS = 10.0
-MAX_SCORE = POINTS * len(CONTRACT)
-
-# The mutant: attention without the 1/sqrt(d) scaling, a classic mistake.
-UNSCALED_ATTENTION = '''def scaled_dot_product_attention(q, k, v):
-    """Forgets to divide the scores by sqrt(d)."""
-    weights = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
-    return weights @ v, weights
-'''
-
+ASSIGNMENTS = [a for a in build.assignments() if a in available()]
+STUDENTS = ("correct", "blank", "mutant", "warns")
 
 # Emitted on every call: PyTorch warns on stderr like this, which must not cost points.
 WARNING = """
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.warn("this warning must not cost points", UserWarning, stacklevel=1)"""
-STUDENTS = ("correct", "blank", "mutant", "warns")
+with warnings.catch_warnings():
+    warnings.simplefilter("always")
+    warnings.warn("this warning must not cost points", UserWarning, stacklevel=1)"""
 
 
-def make_course(root: Path) -> Path:
+def make_course(root: Path, assignment: str) -> Path:
     """A copy of the course at ``root/exercises``, beside links to the trusted packages.
 
     The copied ``nbgrader_config.py`` puts its parent folder, ``root``, on the kernels'
@@ -52,14 +45,14 @@ def make_course(root: Path) -> Path:
     course = root / "exercises"
     course.mkdir(parents=True)
     shutil.copy(build.COURSE_ROOT / "nbgrader_config.py", course)
-    shutil.copytree(build.source_path(ASSIGNMENT).parent, course / "source" / ASSIGNMENT)
-    (root / "autograder").symlink_to(AUTOGRADER, target_is_directory=True)
-    (root / "solutions").symlink_to(REPO / "solutions", target_is_directory=True)
+    shutil.copytree(build.source_path(assignment).parent, course / "source" / assignment)
+    for package in ("autograder", "solutions"):
+        (root / package).symlink_to(REPO / package, target_is_directory=True)
     return course
 
 
-def submit(course: Path, student: str, nb) -> None:
-    path = course / "submitted" / student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+def submit(course: Path, assignment: str, student: str, nb) -> None:
+    path = course / "submitted" / student / assignment / f"{assignment}.ipynb"
     path.parent.mkdir(parents=True)
     nbformat.write(nb, path)
 
@@ -72,13 +65,22 @@ def with_cell_source(nb, grade_id: str, source: str):
     return nb
 
 
+def first_known_mistake(assignment: str, name: str) -> str:
+    """A solution cell that defines ``name`` as its first known mistake."""
+    module = importlib.import_module(f"autograder.mutants.{assignment}")
+    mutant = next(mutant for mutant in module.MUTANTS if mutant.function == name)
+    return f"from {module.__name__} import {mutant.name} as {name}\n"
+
+
 def warning_on_every_call(nb, grade_id: str):
     """A copy of ``nb`` whose solution ``grade_id`` warns before it computes."""
     (cell,) = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id]
-    warning = "import warnings\n\n" + cell.source.replace(
-        build.BEGIN_SOLUTION, build.BEGIN_SOLUTION + WARNING, 1
-    )
-    return with_cell_source(nb, grade_id, warning)
+    lines = cell.source.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if line.strip() == build.BEGIN_SOLUTION]
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+    warning = [indent + line for line in WARNING.splitlines() if line]
+    source = "\n".join(["import warnings", *lines[: at + 1], *warning, *lines[at + 1 :]])
+    return with_cell_source(nb, grade_id, source)
 
 
 def course_config(course: Path):
@@ -88,19 +90,22 @@ def course_config(course: Path):
     return config
 
 
-@pytest.fixture(scope="module")
-def course(tmp_path_factory):
-    """The course after release, three submissions and autograding."""
-    course = make_course(tmp_path_factory.mktemp("roundtrip"))
-    build.generate_release(ASSIGNMENT, course)
-    source = nbformat.read(build.source_path(ASSIGNMENT, course), as_version=4)
-    release = nbformat.read(build.release_path(ASSIGNMENT, course), as_version=4)
-    submit(course, "correct", source)
-    submit(course, "blank", release)
-    submit(course, "mutant", with_cell_source(source, CONTRACT[0], UNSCALED_ATTENTION))
-    submit(course, "warns", warning_on_every_call(source, CONTRACT[2]))
-    build.run_nbgrader(course, "autograde", ASSIGNMENT)
-    return course
+@pytest.fixture(scope="module", params=ASSIGNMENTS)
+def course(request, tmp_path_factory):
+    """(assignment, course) after release, four submissions and autograding."""
+    assignment = request.param
+    names = contracts_of(assignment).names
+    course = make_course(tmp_path_factory.mktemp(f"roundtrip-{assignment}"), assignment)
+    build.generate_release(assignment, course)
+    source = nbformat.read(build.source_path(assignment, course), as_version=4)
+    release = nbformat.read(build.release_path(assignment, course), as_version=4)
+    submit(course, assignment, "correct", source)
+    submit(course, assignment, "blank", release)
+    mutant = with_cell_source(source, names[-1], first_known_mistake(assignment, names[-1]))
+    submit(course, assignment, "mutant", mutant)
+    submit(course, assignment, "warns", warning_on_every_call(source, names[0]))
+    build.run_nbgrader(course, "autograde", assignment)
+    return assignment, course
 
 
 @pytest.fixture
@@ -109,55 +114,65 @@ def validator(course):
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("PYTHONPATH", raising=False)
         patch.setenv("PATH", build.nbgrader_env()["PATH"])
-        yield lambda **options: Validator(config=course_config(course), **options)
+        yield lambda **options: Validator(config=course_config(course[1]), **options)
 
 
 def test_source_passes_validation(course, validator):
-    results = validator(validate_all=True).validate(str(build.source_path(ASSIGNMENT, course)))
+    assignment, root = course
+    results = validator(validate_all=True).validate(str(build.source_path(assignment, root)))
     assert results == {}, results
 
 
-def test_release_fails_validation(course, validator):
-    """What a student's Validate button reports on the release: every visible test fails."""
-    results = validator().validate(str(build.release_path(ASSIGNMENT, course)))
-    failed = "\n".join(cell["source"] for cell in results["failed"])
-    for name in CONTRACT:
-        assert f"= {name}(" in failed, f"the visible tests of {name} should fail on the stub"
-    assert "NotImplementedError" in "\n".join(cell["raw_error"] for cell in results["failed"])
+def test_release_fails_validation_saying_what_to_write(course, validator):
+    """What a student's Validate button reports on the release: every check cell fails."""
+    assignment, root = course
+    results = validator().validate(str(build.release_path(assignment, root)))
+    failed = {cell["source"].splitlines()[0]: cell["raw_error"] for cell in results["failed"]}
+    for name in contracts_of(assignment).names:
+        banner = build.CHECKS_BANNER.format(name=name)
+        assert banner in failed, f"the checks of {name} should fail on the stub"
+        assert "Not written yet" in failed[banner]
+        assert all(len(line) < 90 for line in failed[banner].splitlines())
 
 
-def scores(course: Path) -> dict[str, dict[str, float]]:
+def scores(assignment: str, course: Path) -> dict[str, dict[str, float]]:
     """Score of each hidden test cell, by student."""
+    names = contracts_of(assignment).names
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}", "attention-course") as gradebook:
         return {
             student: {
-                name: gradebook.find_grade(f"test_{name}", ASSIGNMENT, ASSIGNMENT, student).score
-                for name in CONTRACT
+                name: gradebook.find_grade(f"test_{name}", assignment, assignment, student).score
+                for name in names
             }
             for student in STUDENTS
         }
 
 
 def test_autograde_scores(course):
-    by_student = scores(course)
-    assert by_student["correct"] == dict.fromkeys(CONTRACT, POINTS)
-    assert by_student["warns"] == dict.fromkeys(CONTRACT, POINTS)
-    assert by_student["blank"] == dict.fromkeys(CONTRACT, 0.0)
-    mutant = by_student["mutant"]
-    assert mutant["sinusoidal_positional_encoding"] == POINTS
-    assert mutant["scaled_dot_product_attention"] < POINTS
-    assert 0 < sum(mutant.values()) < MAX_SCORE
+    assignment, root = course
+    points = {c.name: c.points for c in contracts_of(assignment).contracts}
+    by_student = scores(assignment, root)
+    assert by_student["correct"] == points
+    assert by_student["warns"] == points
+    assert by_student["blank"] == dict.fromkeys(points, 0.0)
+    mutant, last = by_student["mutant"], contracts_of(assignment).names[-1]
+    assert mutant[last] < points[last]
+    assert {name: mutant[name] for name in points if name != last} == {
+        name: value for name, value in points.items() if name != last
+    }
 
 
 def test_export_to_csv(course):
-    build.run_nbgrader(course, "export")
-    with open(course / "grades.csv", newline="") as file:
+    assignment, root = course
+    max_score = sum(c.points for c in contracts_of(assignment).contracts)
+    build.run_nbgrader(root, "export")
+    with open(root / "grades.csv", newline="") as file:
         rows = {row["student_id"]: row for row in csv.DictReader(file)}
     assert set(rows) == set(STUDENTS)
     for row in rows.values():
-        assert row["assignment"] == ASSIGNMENT
-        assert float(row["max_score"]) == MAX_SCORE
-    assert float(rows["correct"]["score"]) == MAX_SCORE
-    assert float(rows["warns"]["score"]) == MAX_SCORE
+        assert row["assignment"] == assignment
+        assert float(row["max_score"]) == max_score
+    assert float(rows["correct"]["score"]) == max_score
+    assert float(rows["warns"]["score"]) == max_score
     assert float(rows["blank"]["score"]) == 0.0
-    assert 0.0 < float(rows["mutant"]["score"]) < MAX_SCORE
+    assert 0.0 < float(rows["mutant"]["score"]) < max_score

@@ -304,9 +304,11 @@ def judge_check(battery, check, calls, results, expected, cache=None) -> Outcome
 def diagnose(battery: Battery, check: Check, calls, results, cache=None) -> str | None:
     """Name the known mistake whose outputs the student's outputs match, if any.
 
-    The mutants are tried in the battery's order; one that raises on these calls is
-    skipped. ``cache`` (a dict, for instance ``Plan.mutant_results``) keeps each
-    mutant's results on this check's calls, so that they are computed once per plan.
+    The mutants are tried in the battery's order. A mutant that raises on some calls is
+    matched by its error: the same inputs give the same message, so a student who makes
+    that mistake raises it too. ``cache`` (a dict, for instance ``Plan.mutant_results``)
+    keeps each mutant's results on this check's calls, so that they are computed once per
+    plan.
     """
     reference = None
     for mutant in battery.mutants:
@@ -320,11 +322,28 @@ def diagnose(battery: Battery, check: Check, calls, results, cache=None) -> str 
             mutant_results = [execute_call(namespace, call) for call in calls]
             if cache is not None:
                 cache[key] = mutant_results
-        if any(result.error for result in mutant_results):
-            continue
-        if check.judge(calls, results, mutant_results) is None:
+        if reproduces(check, calls, results, mutant_results):
             return mutant.mistake
     return None
+
+
+def reproduces(check: Check, calls, results, mutant_results) -> bool:
+    """Whether ``results`` are a mutant's: its error message on every call where it raised,
+    its values (by the check's judge) on the others."""
+    raised = [index for index, result in enumerate(mutant_results) if result.error]
+    if any(results[index].error != mutant_results[index].error for index in raised):
+        return False
+    kept = [index for index in range(len(calls)) if index not in raised]
+    if not kept:
+        return True
+
+    def pick(values):
+        return [values[index] for index in kept]
+
+    try:
+        return check.judge(pick(calls), pick(results), pick(mutant_results)) is None
+    except Exception:  # a judge that needs every call (a property over pairs)
+        return False
 
 
 def scores_by_function(battery: Battery, outcomes: Sequence[Outcome]) -> dict[str, float]:

@@ -73,3 +73,26 @@ def large_scores(
     q = q - (q @ u)[..., None] * u + u
     k = randn(generator, batch, keys, width) + offset * math.sqrt(width) * u
     return q, k
+
+
+def state_dict(generator: torch.Generator, build) -> dict[str, torch.Tensor]:
+    """Drawn weights for every entry of the state_dict of the module ``build()`` makes.
+
+    The module is built on the meta device (no values, no use of the global generator);
+    each entry is then drawn from ``generator``: matrices with variance 1/in_features, norm
+    weights around 1, everything else (biases, class tokens, position embeddings) of
+    order 1/2, so that no parameter is zero and none can be left out unnoticed.
+    """
+    with torch.device("meta"):
+        module = build()
+    drawn = {}
+    for name, tensor in module.state_dict().items():
+        shape = tuple(tensor.shape)
+        owner, _, leaf = name.rpartition(".")
+        if len(shape) == 2:
+            drawn[name] = randn(generator, *shape, scale=shape[1] ** -0.5)
+        elif "norm" in owner.rpartition(".")[2] and leaf == "weight":
+            drawn[name] = 1.0 + randn(generator, *shape, scale=0.5)
+        else:
+            drawn[name] = randn(generator, *shape, scale=0.5)
+    return drawn

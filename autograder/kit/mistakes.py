@@ -18,7 +18,9 @@ The sentences (never the code) also reach the exercise notebooks' visible tests.
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from collections.abc import Callable
 
 import torch
@@ -69,3 +71,40 @@ def softmax_attention(q, k, v, scale=None, mask=None, dim=-1):
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=dim)
     return weights @ v, weights
+
+
+def standalone_source(mutant) -> str:
+    """Source that defines ``mutant.function`` as the mistake, with the helpers it calls and
+    without the registering decorator: a cell a student could have written (for benchmarks
+    and end-to-end tests). The cell's imports (math, torch, F, nn) are the notebook's."""
+    implementation = mutant.implementation
+    helpers = [inspect.getsource(helper) for helper in _helpers(implementation)]
+    own = inspect.getsource(implementation)
+    own = own[own.index("class " if inspect.isclass(implementation) else "def ") :]
+    pattern = rf"\b(def|class) {implementation.__name__}\b"
+    own = re.sub(pattern, rf"\1 {mutant.function}", own, count=1)
+    return "\n\n".join([*helpers, own]).rstrip() + "\n"
+
+
+def _helpers(function, found=None) -> list:
+    """The plain functions of the course that ``function`` calls, dependencies first."""
+    found = [] if found is None else found
+    code = function.__code__ if inspect.isfunction(function) else None
+    names = _names_used(code) if code else set()
+    for name in sorted(names):
+        helper = function.__globals__.get(name)
+        course_function = inspect.isfunction(helper) and helper.__module__.startswith("autograder")
+        if course_function and helper is not function and helper not in found:
+            _helpers(helper, found)
+            if helper not in found:
+                found.append(helper)
+    return found
+
+
+def _names_used(code) -> set[str]:
+    """Global names used by a code object and the functions and lambdas inside it."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if inspect.iscode(constant):
+            names |= _names_used(constant)
+    return names

@@ -71,6 +71,16 @@ def sdpa_reshape_keys(q, k, v):
     return weights @ v, weights
 
 
+@mistake(
+    SDPA,
+    "k is transposed on fixed axes (k.transpose(1, 2)), which is right only with exactly one"
+    " leading dimension: use k.transpose(-2, -1).",
+)
+def sdpa_transpose_fixed_axes(q, k, v):
+    weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
+    return weights @ v, weights
+
+
 @mistake(SDPA, "the weights are multiplied with the keys instead of the values.")
 def sdpa_weights_times_keys(q, k, v):
     weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)

@@ -21,7 +21,7 @@ import struct
 import safetensors.torch
 import torch
 
-from .executor import Call, Callback, Module, Result
+from .executor import Call, Callback, Module, OnDevice, Result
 
 MAGIC = b"\xa7"
 HEADER = struct.Struct(">cII")
@@ -172,6 +172,8 @@ def _text(value, what: str) -> str:
 
 
 def encode_value(value, packer: TensorPacker):
+    if isinstance(value, OnDevice):
+        return {"on_device": {"tensor": packer.add(value.tensor), "device": value.device}}
     if isinstance(value, Callback):
         tensors = {name: packer.add(t) for name, t in value.tensors.items()}
         return {"callback": {"name": value.name, "kind": value.kind, "tensors": tensors}}
@@ -190,6 +192,8 @@ def encode_value(value, packer: TensorPacker):
 
 def decode_value(encoded: dict, tensors: dict[str, torch.Tensor]):
     ((kind, value),) = encoded.items()
+    if kind == "on_device":
+        return OnDevice(unpack_tensor(value["tensor"], tensors), value["device"])
     if kind == "callback":
         tensors_of = {name: unpack_tensor(ref, tensors) for name, ref in value["tensors"].items()}
         return Callback(value["name"], value["kind"], tensors_of)

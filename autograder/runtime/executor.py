@@ -68,13 +68,26 @@ class Callback:
 
 
 @dataclass(frozen=True)
+class OnDevice:
+    """A tensor argument that stays on ``device`` whatever the call's device and dtype.
+
+    For arguments a contract allows on another device than the others, such as the
+    ``lengths`` of a padded batch kept on the CPU while the inputs are on a GPU.
+    """
+
+    tensor: torch.Tensor
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
 class Call:
     """One call of a contract function.
 
     Args and kwargs hold tensors and plain values (int, float, bool, str, None,
     torch.dtype). Floating tensors are cast to ``dtype`` when it is given, and every
-    tensor is moved to ``device`` (``cpu``, ``meta``, ``cuda`` or ``accelerator``);
-    an argument equal to ``CALL_DEVICE`` becomes that device's name.
+    tensor is moved to ``device`` (``cpu``, ``meta``, ``cuda`` or ``accelerator``),
+    except those wrapped in ``OnDevice``; an argument equal to ``CALL_DEVICE`` becomes
+    that device's name.
     With ``grad``, floating tensor arguments (and the module's parameters) require
     grad, and the outputs are reduced against fixed pseudo-random weights
     (``upstream_weights``) before ``backward``.
@@ -120,6 +133,8 @@ def upstream_weights(output: torch.Tensor, seed: int, index: int) -> torch.Tenso
 
 
 def _prepare(value, device: str, dtype, grad: bool, callbacks=None):
+    if isinstance(value, OnDevice):
+        return value.tensor.detach().to(resolve_device(value.device)).clone()
     if isinstance(value, Callback):
         tensors = {k: _prepare(t, device, dtype, False) for k, t in value.tensors.items()}
         return _build_callback(value, tensors, callbacks)
