@@ -4,17 +4,20 @@ For every assignment with a battery (``autograder.batteries.available()``): the 
 matches its contracts; the reference gets full marks on several seeds; a blank notebook and
 an answer with the right shapes but wrong values get zero on every contract name; every
 known mistake loses points and is named, on the same checks whatever the seed; reaching a
-forbidden operation costs the whole function. Chapter-specific checks stay in
+forbidden operation costs the whole function; every chapter's other correct answers
+(``tests/correct_answers.py``) score full marks. Chapter-specific checks stay in
 ``test_battery_<id>.py``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
 from autograder.batteries import available, load_battery
@@ -25,7 +28,10 @@ from autograder.kit.battery import (
     run_reference,
     scores_by_function,
 )
+from autograder.kit.mistakes import standalone_source
 from autograder.runtime.executor import execute_call
+from tests.battery_grading import grade_functions
+from tests.correct_answers import CORRECT
 from tests.forbidden_triggers import TRIGGERS
 from tests.leaks import MARKER
 
@@ -66,6 +72,11 @@ def reference(assignment_id: str) -> dict:
 
 def with_function(assignment_id: str, name: str, implementation) -> dict:
     return {**reference(assignment_id), name: implementation}
+
+
+def full_marks(assignment_id: str) -> dict:
+    battery = load_battery(assignment_id)
+    return {function: battery.max_score(function) for function in battery.functions}
 
 
 def _zeros(value):
@@ -156,6 +167,30 @@ def test_reference_scores_full_marks(assignment_id, seed):
     assert scores == {f: battery.max_score(f) for f in battery.functions}
 
 
+def correct_answers():
+    return [
+        pytest.param(assignment_id, variant, id=f"{assignment_id}-{variant}")
+        for assignment_id in ASSIGNMENTS_WITH_BATTERY
+        for variant in CORRECT[assignment_id]
+    ]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("assignment_id, variant", correct_answers())
+def test_other_correct_implementations_score_full_marks(assignment_id, variant, seed):
+    """The other names of the namespace are the reference's."""
+    namespace = {**reference(assignment_id), **CORRECT[assignment_id][variant]}
+    scores, outcomes = grade(assignment_id, namespace, seed)
+    failed = [outcome.feedback() for outcome in outcomes if not outcome.passed]
+    assert scores == full_marks(assignment_id), failed
+
+
+@pytest.mark.parametrize("assignment_id", ASSIGNMENTS_WITH_BATTERY)
+def test_every_contract_name_has_another_correct_answer(assignment_id):
+    answered = {name for variant in CORRECT[assignment_id].values() for name in variant}
+    assert answered == set(load_battery(assignment_id).functions)
+
+
 @pytest.mark.parametrize("assignment_id", ASSIGNMENTS_WITH_BATTERY)
 def test_blank_notebook_scores_zero_with_a_reason_for_every_check(assignment_id):
     scores, outcomes = grade(assignment_id, {})
@@ -185,6 +220,32 @@ def test_every_known_mistake_loses_points_and_is_named(assignment_id, mutant):
     assert named <= {mutant.mistake, None}, named
     others = [f for f in battery.functions if f != mutant.function]
     assert all(scores[f] == battery.max_score(f) for f in others)
+
+
+@pytest.mark.parametrize("assignment_id", ASSIGNMENTS_WITH_BATTERY)
+def test_every_known_mistake_pasted_alone_grades_as_registered(assignment_id):
+    """A mistake's notebook source (``standalone_source``, with the helpers it calls) run in
+    a namespace of the notebook's imports and the reference's names earns what it does
+    registered, on the same checks."""
+    battery = load_battery(assignment_id)
+    plan = planned(assignment_id, SEEDS[0])
+    for mutant in battery.mutants:
+        cell = {**reference(assignment_id), "math": math, "torch": torch, "F": F, "nn": nn}
+        exec(standalone_source(mutant), cell)
+        registered, pasted = (
+            grade_functions(
+                battery,
+                with_function(assignment_id, mutant.function, f),
+                functions=[mutant.function],
+                plan=plan,
+            )
+            for f in (mutant.implementation, cell[mutant.function])
+        )
+        assert registered[0] == pasted[0], mutant.name
+        failed = [
+            [o.check.name for o in outcomes if not o.passed] for _, outcomes in (registered, pasted)
+        ]
+        assert failed[0] == failed[1], mutant.name
 
 
 @pytest.mark.parametrize("assignment_id", ASSIGNMENTS_WITH_BATTERY)

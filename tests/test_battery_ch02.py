@@ -1,9 +1,7 @@
-"""The chapter 2 battery beyond the shared tables: other correct answers, and the masks
-and rows that the checks rely on."""
+"""The chapter 2 battery beyond the shared tables (its other correct answers are in
+tests/correct_answers.py): the masks and rows that the checks rely on."""
 
 import pytest
-import torch
-import torch.nn.functional as F
 
 from autograder.batteries import load_battery
 from autograder.kit.battery import make_plan
@@ -21,66 +19,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def grade(namespace, seed, functions=None):
     return grade_functions(BATTERY, namespace, seed, functions)
-
-
-# --- other correct answers ---
-
-
-def dot_scores_bmm(query, keys):
-    return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)
-
-
-def additive_scores_einsum(query, keys, W_q, W_k, v):
-    energies = torch.tanh(F.linear(query, W_q).unsqueeze(1) + F.linear(keys, W_k))
-    return torch.einsum("bta,a->bt", energies, v)
-
-
-def lengths_to_mask_expand(lengths, T):
-    positions = torch.arange(T, device=lengths.device).expand(len(lengths), T)
-    return positions < lengths.unsqueeze(1)
-
-
-def masked_softmax_fill_lowest(scores, mask):
-    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return torch.softmax(filled, dim=-1) * mask
-
-
-def masked_softmax_by_hand(scores, mask):
-    """Subtracts the maximum of the allowed scores; a zero total gives zeros."""
-    lowest = torch.finfo(scores.dtype).min
-    filled = torch.where(mask, scores, lowest)
-    shifted = filled - filled.amax(dim=-1, keepdim=True).detach()
-    exp = torch.where(mask, shifted.exp(), 0.0)
-    total = exp.sum(dim=-1, keepdim=True)
-    return exp / torch.where(total > 0, total, 1.0)
-
-
-def attend_bmm(query, keys, values, mask, W_q, W_k, v):
-    scores = additive_scores_einsum(query, keys, W_q, W_k, v)
-    if mask is None:
-        mask = torch.ones_like(scores, dtype=torch.bool)
-    weights = masked_softmax_fill_lowest(scores, mask)
-    return torch.bmm(weights.unsqueeze(1), values).squeeze(1), weights
-
-
-CORRECT = {
-    "bmm, einsum, expand, fill": {
-        DOT: dot_scores_bmm,
-        ADDITIVE: additive_scores_einsum,
-        MASK: lengths_to_mask_expand,
-        SOFTMAX: masked_softmax_fill_lowest,
-        ATTEND: attend_bmm,
-    },
-    "softmax by hand": {SOFTMAX: masked_softmax_by_hand},
-}
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("variant", CORRECT)
-def test_other_correct_implementations_score_full_marks(variant, seed):
-    scores, outcomes = grade({**REFERENCE, **CORRECT[variant]}, seed)
-    failed = [outcome.feedback() for outcome in outcomes if not outcome.passed]
-    assert scores == dict.fromkeys(BATTERY.functions, 10.0), failed
 
 
 # --- what the checks look at ---

@@ -1,5 +1,5 @@
-"""Chapter 4's battery beyond the shared table: other right answers, the empty rows, the
-properties, and the masks' device argument."""
+"""Chapter 4's battery beyond the shared tables (its other correct answers are in
+tests/correct_answers.py): the empty rows, the properties, and the masks' device argument."""
 
 import math
 
@@ -22,55 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def grade(namespace, seed=1, functions=None):
     return grade_functions(BATTERY, namespace, seed, functions)
-
-
-# --- other right answers ---
-
-
-def causal_by_comparison(T, device=None):
-    positions = torch.arange(T, device=device)
-    return positions[None, :] <= positions[:, None]
-
-
-def padding_by_counting(lengths, T, device=None):
-    device = lengths.device if device is None else device
-    counts = torch.ones(len(lengths), T, dtype=torch.long, device=device).cumsum(dim=1)
-    return counts <= lengths.to(device)[:, None]  # position t is count t + 1
-
-
-def masked_with_minus_infinity(q, k, v, mask=None):
-    """-inf fill, then the NaN of empty rows replaced before the weights reach v."""
-    scores = q @ k.mT / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return weights @ v, weights
-
-
-def causal_self_by_hand(x, W_q, W_k, W_v, lengths=None):
-    T = x.shape[1]
-    allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None]  # (1, T, T)
-    if lengths is not None:
-        real = torch.arange(T, device=x.device)[None, :] < lengths[:, None]  # (B, T)
-        allowed = allowed & real[:, None, :] & real[:, :, None]
-    q, k, v = x @ W_q.T, x @ W_k.T, x @ W_v.T
-    scores = (q @ k.mT / math.sqrt(q.shape[-1])).masked_fill(~allowed, -1e4)
-    weights = torch.softmax(scores, dim=-1) * allowed
-    return weights @ v, weights
-
-
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_other_correct_implementations_score_full_marks(seed):
-    namespace = {
-        **REFERENCE,
-        CAUSAL: causal_by_comparison,
-        PADDING: padding_by_counting,
-        MASKED: masked_with_minus_infinity,
-        CAUSAL_SELF: causal_self_by_hand,
-    }
-    scores, outcomes = grade(namespace, seed)
-    failed = [outcome.feedback() for outcome in outcomes if not outcome.passed]
-    assert scores == dict.fromkeys(BATTERY.functions, 10.0), failed
 
 
 # --- the inputs ---

@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -203,7 +204,11 @@ def mistake_code_lines(assignment: str) -> set[str]:
     module = importlib.import_module(f"autograder.mutants.{assignment}")
     lines = set()
     for mutant in module.MUTANTS:
-        body = inspect.getsource(mutant.implementation).splitlines()[1:]
+        source = textwrap.dedent(inspect.getsource(mutant.implementation))
+        # its def line and body: the decorator holds the sentence, the arguments are the
+        # contract's
+        node, source_lines = ast.parse(source).body[0], source.splitlines()
+        body = [source_lines[node.lineno - 1], *source_lines[node.body[0].lineno - 1 :]]
         lines.update(line.split("#")[0].strip() for line in body)
     return {line for line in lines if len(line) >= 20 and not line.startswith(('"', "'"))}
 

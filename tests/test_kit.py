@@ -13,6 +13,7 @@ import torch.nn as nn
 
 import solutions.ch01_seq2seq as seq2seq
 import solutions.ch06_transformer as transformer
+from autograder.batteries import load_battery
 from autograder.kit import inputs
 from autograder.kit.battery import (
     Battery,
@@ -25,10 +26,18 @@ from autograder.kit.battery import (
     scores_by_function,
 )
 from autograder.kit.judges import match_reference
-from autograder.kit.mistakes import KnownMistakes
-from autograder.kit.standard import standard_checks
+from autograder.kit.mistakes import KnownMistakes, standalone_source
+from autograder.kit.standard import device_argument_checks, standard_checks
 from autograder.runtime.codec import TensorPacker, decode_call, encode_call
-from autograder.runtime.executor import Call, Callback, Module, OnDevice, execute_call
+from autograder.runtime.executor import (
+    ACCELERATOR,
+    CALL_DEVICE,
+    Call,
+    Callback,
+    Module,
+    OnDevice,
+    execute_call,
+)
 from autograder.sandbox import Worker
 
 JUDGE = match_reference(rtol=1e-5, atol=1e-6)
@@ -121,6 +130,47 @@ def test_standard_checks_are_named_and_worded_from_the_function():
         standard_checks("double", _double_calls, points={"float8": 1})
 
 
+def test_device_argument_checks_are_worded_from_the_function_and_what_it_creates():
+    def draw(generator, device):
+        return [Call("causal_mask", (3,), {"device": CALL_DEVICE}, device=device)]
+
+    meta, accelerator = device_argument_checks(
+        "causal_mask",
+        draw,
+        prefix="causal",
+        points={"meta": 2.0, "accelerator": 1.0},
+        creates="the mask",
+        judge=JUDGE,
+    )
+    assert (meta.name, meta.points, meta.gated) == ("causal_meta", 2.0, True)
+    assert (accelerator.name, accelerator.points, accelerator.gated) == (
+        "causal_accelerator",
+        1.0,
+        False,
+    )
+    assert meta.message.startswith("causal_mask ignores its device argument: create the mask")
+    assert "accelerator" in accelerator.message and "create the mask" in accelerator.message
+    generator = torch.Generator().manual_seed(0)
+    assert [c.device for c in (*meta.calls(generator), *accelerator.calls(generator))] == [
+        "meta",
+        ACCELERATOR,
+    ]
+
+
+# Inputs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [1000.0, -1000.0])
+def test_large_attention_scores_sit_at_the_offset_with_a_spread_of_order_one(gen, offset):
+    q, k, v = inputs.large_attention(gen, offset)
+    (B, Tq, d), Tk, dv = q.shape, k.shape[1], v.shape[2]
+    assert k.shape == (B, Tk, d) and v.shape == (B, Tk, dv)
+    assert len({B, Tq, Tk, d, dv}) == 5 and min(B, Tq, Tk, d, dv) >= 3
+    scores = q @ k.mT / d**0.5  # (B, Tq, Tk)
+    assert torch.allclose(scores.mean(), torch.tensor(offset), atol=5.0)
+    assert 0.1 < scores.std(dim=-1).mean() < 10.0
+
+
 # The known-mistake registry ----------------------------------------------------------------
 
 
@@ -142,6 +192,22 @@ def test_known_mistakes_register_in_order_under_their_own_names():
     assert mistake.sentence("double_adds") == "it adds instead."
     with pytest.raises(ValueError, match="two known mistakes"):
         mistake("double", "again.")(double_adds)
+
+
+def test_a_mistake_pasted_alone_loses_its_decorator_and_keeps_its_helpers():
+    """A sentence that says "class" or "def" is no start of the source, and the helpers that
+    a class's methods call travel with it."""
+    layer = next(m for m in load_battery("ch06_transformer").mutants if m.name == "EncoderGelu")
+    source = standalone_source(layer)
+    assert source.index("def _encode(") < source.index("class EncoderLayer(EncoderLayer):")
+    assert "@mistake" not in source
+    embedding = next(
+        m for m in load_battery("ch07_vit").mutants if m.name == "EmbeddingClassTokenLast"
+    )
+    source = standalone_source(embedding)
+    assert "class token" in embedding.mistake and "@mistake" not in source
+    assert source.lstrip().startswith(("def ", "class "))
+    assert "class PatchEmbedding(PatchEmbedding):" in source
 
 
 # A callable argument, described as data ----------------------------------------------------

@@ -8,14 +8,7 @@ are on another device.
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    F64,
-    assert_close,
-    assert_cuda_matches,
-    cuda_dtypes,
-    move,
-    randn,
-)
+from helpers import F64, assert_close, assert_cuda_matches, cuda_dtypes, move, randn
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 

@@ -7,12 +7,7 @@ of ``test_references.py``.
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    F64,
-    assert_close,
-    assert_gradients_match,
-    randn,
-)
+from helpers import F64, assert_close, assert_gradients_match, randn
 from torch import nn
 from torch.func import functional_call
 

@@ -9,11 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    assert_close,
-    assert_gradients_match,
-    randn,
-)
+from helpers import assert_close, assert_gradients_match, randn
 
 from solutions.ch03_self_attention import (
     scaled_dot_product_attention,

@@ -8,12 +8,7 @@ are on another device.
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    assert_close,
-    assert_gradients_match,
-    move,
-    randn,
-)
+from helpers import assert_close, assert_gradients_match, move, randn
 
 from solutions.ch04_masking import (
     causal_mask,

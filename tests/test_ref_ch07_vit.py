@@ -7,11 +7,7 @@ of ``test_references.py``.
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    F64,
-    assert_close,
-    randn,
-)
+from helpers import F64, assert_close, randn
 from torch import nn
 
 from solutions.ch07_vit import PatchEmbedding, ViT, patchify

@@ -19,7 +19,7 @@ from autograder.contracts import ASSIGNMENTS
 from autograder.kit import inputs
 from autograder.kit.battery import Battery, Check
 from autograder.kit.judges import TOLERANCES, match_reference
-from autograder.kit.standard import standard_checks
+from autograder.kit.standard import HALF_POINT_PER_DTYPE, standard_checks
 from autograder.mutants.ch01_seq2seq import MUTANTS
 from autograder.runtime.executor import ACCELERATOR, Call, Callback, OnDevice
 
@@ -119,9 +119,7 @@ CELL_CHECKS = (
         prefix="rnn_cell",
         points={
             "gradients": 1.5,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 1.0,
             "accelerator": 1.0,
         },
@@ -189,7 +187,7 @@ ENCODE_CHECKS = (
         ENCODE,
         _encode_calls,
         prefix="rnn_encode",
-        points={"gradients": 1.5, "float64": 0.5, "float16": 0.5, "bfloat16": 0.5},
+        points={"gradients": 1.5, **HALF_POINT_PER_DTYPE},
         hints={"float16": FLOAT16_HINT},
     ),
     *standard_checks(
@@ -352,9 +350,7 @@ CE_CHECKS = (
         prefix="sequence_cross_entropy",
         points={
             "gradients": 1.5,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             # No meta check: the natural nll[real].mean() has a data-dependent shape.
             "accelerator": 1.0,
         },

@@ -18,7 +18,7 @@ from autograder.contracts import ASSIGNMENTS
 from autograder.kit import inputs
 from autograder.kit.battery import Battery, Check
 from autograder.kit.judges import TOLERANCES, match_reference
-from autograder.kit.standard import standard_checks
+from autograder.kit.standard import HALF_POINT_PER_DTYPE, standard_checks
 from autograder.mutants.ch02_attention import MUTANTS
 from autograder.runtime.executor import Call
 
@@ -93,9 +93,7 @@ DOT_CHECKS = (
         prefix="dot_scores",
         points={
             "gradients": 1.5,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 1.0,
             "accelerator": 1.5,
         },
@@ -169,9 +167,7 @@ ADDITIVE_CHECKS = (
         prefix="additive_scores",
         points={
             "gradients": 1.5,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 1.0,
             "accelerator": 0.5,
         },

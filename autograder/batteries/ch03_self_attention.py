@@ -18,9 +18,9 @@ from autograder.kit import inputs
 from autograder.kit.battery import Battery, Check
 from autograder.kit.judges import TOLERANCES, match_reference
 from autograder.kit.properties import permutation_equivariant
-from autograder.kit.standard import standard_checks
+from autograder.kit.standard import HALF_POINT_PER_DTYPE, device_argument_checks, standard_checks
 from autograder.mutants.ch03_self_attention import MUTANTS
-from autograder.runtime.executor import ACCELERATOR, CALL_DEVICE, Call
+from autograder.runtime.executor import CALL_DEVICE, Call
 
 LEAK_MARKER = "LEAK-MARKER-autograder-ch03-cbb3146e"
 ASSIGNMENT = ASSIGNMENTS["ch03_self_attention"]
@@ -68,9 +68,7 @@ def _sdpa_large_logit_calls(generator) -> list[Call]:
     """Scores of +1000 and of -1000 plus a spread of order 1 over the keys."""
     calls = []
     for offset in (1000.0, -1000.0):
-        B, Tq, Tk, d, d_v = inputs.sizes(generator, 5, low=3)
-        q, k = inputs.large_scores(generator, B, Tq, Tk, d, offset)
-        v = inputs.randn(generator, B, Tk, d_v)
+        q, k, v = inputs.large_attention(generator, offset)
         calls.append(Call(SDPA, (q, k, v), seed=inputs.seed(generator)))
     return calls
 
@@ -226,9 +224,7 @@ SDPA_CHECKS = (
         prefix="sdpa",
         points={
             "gradients": 1.5,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 1.0,
             "accelerator": 1.0,
         },
@@ -327,24 +323,13 @@ PE_CHECKS = (
     _pe_dtype(torch.float16, 1.0, PE_CAST[torch.float16]),
     _pe_dtype(torch.bfloat16, 0.5, PE_CAST[torch.bfloat16]),
     _pe_dtype(torch.float64, 0.5, PE_F32),
-    Check(
-        "pe_meta",
+    *device_argument_checks(
         PE,
-        1.5,
-        partial(_pe_device_calls, device="meta"),
-        "sinusoidal_positional_encoding ignores its device argument: create every tensor"
-        " with device=device (the check asks for the meta device).",
-        match_reference(**PE_F32),
-        gated=True,
-    ),
-    Check(
-        "pe_accelerator",
-        PE,
-        1.0,
-        partial(_pe_device_calls, device=ACCELERATOR),
-        "sinusoidal_positional_encoding is wrong when asked for the grading machine's"
-        " accelerator (a GPU when there is one): create every tensor with device=device.",
-        match_reference(**PE_F32),
+        _pe_device_calls,
+        prefix="pe",
+        points={"meta": 1.5, "accelerator": 1.0},
+        creates="every tensor",
+        judge=match_reference(**PE_F32),
     ),
 )
 

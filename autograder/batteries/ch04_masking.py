@@ -20,9 +20,9 @@ from autograder.kit import inputs
 from autograder.kit.battery import Battery, Check
 from autograder.kit.judges import TOLERANCES, match_reference, tensor_problem
 from autograder.kit.properties import F32
-from autograder.kit.standard import standard_checks
+from autograder.kit.standard import HALF_POINT_PER_DTYPE, device_argument_checks, standard_checks
 from autograder.mutants.ch04_masking import MAX_LEN, MUTANTS
-from autograder.runtime.executor import ACCELERATOR, CALL_DEVICE, Call
+from autograder.runtime.executor import CALL_DEVICE, Call
 
 LEAK_MARKER = "LEAK-MARKER-autograder-ch04-3f71b0a8"
 ASSIGNMENT = ASSIGNMENTS["ch04_masking"]
@@ -168,10 +168,8 @@ def _masked_large_calls(generator) -> list[Call]:
     """Scores of +1000 and of -1000 plus a spread of order 1, with masks."""
     calls = []
     for offset in (1000.0, -1000.0):
-        B, Tq, Tk, d, dv = inputs.sizes(generator, 5, low=3)
-        q, k = inputs.large_scores(generator, B, Tq, Tk, d, offset)
-        v = inputs.randn(generator, B, Tk, dv)
-        mask = random_mask(generator, B, Tq, Tk)
+        q, k, v = inputs.large_attention(generator, offset)  # (B, Tq, d), (B, Tk, d), (B, Tk, dv)
+        mask = random_mask(generator, *q.shape[:2], k.shape[1])  # (B, Tq, Tk)
         calls.append(Call(MASKED, (q, k, v, mask), seed=inputs.seed(generator)))
     return calls
 
@@ -327,24 +325,13 @@ CAUSAL_CHECKS = (
         "causal_mask is wrong for long sequences (T around 50): build the mask for the T asked.",
         match_reference(**EXACT),
     ),
-    Check(
-        "causal_meta",
+    *device_argument_checks(
         CAUSAL,
-        2.0,
-        partial(_causal_device_calls, device="meta"),
-        "causal_mask ignores its device argument: create the mask with device=device (the check"
-        " asks for the meta device).",
-        match_reference(**EXACT),
-        gated=True,
-    ),
-    Check(
-        "causal_accelerator",
-        CAUSAL,
-        2.0,
-        partial(_causal_device_calls, device=ACCELERATOR),
-        "causal_mask is wrong when asked for the grading machine's accelerator (a GPU when there"
-        " is one): create the mask with device=device.",
-        match_reference(**EXACT),
+        _causal_device_calls,
+        prefix="causal",
+        points={"meta": 2.0, "accelerator": 2.0},
+        creates="the mask",
+        judge=match_reference(**EXACT),
     ),
 )
 
@@ -380,24 +367,13 @@ PADDING_CHECKS = (
         match_reference(**EXACT),
         gated=True,
     ),
-    Check(
-        "padding_meta",
+    *device_argument_checks(
         PADDING,
-        1.0,
-        partial(_padding_device_calls, device="meta"),
-        "padding_mask ignores its device argument: create the mask with device=device (the"
-        " check asks for the meta device).",
-        match_reference(**EXACT),
-        gated=True,
-    ),
-    Check(
-        "padding_accelerator",
-        PADDING,
-        2.0,
-        partial(_padding_device_calls, device=ACCELERATOR),
-        "padding_mask is wrong when asked for the grading machine's accelerator (a GPU when"
-        " there is one): create the mask with device=device.",
-        match_reference(**EXACT),
+        _padding_device_calls,
+        prefix="padding",
+        points={"meta": 1.0, "accelerator": 2.0},
+        creates="the mask",
+        judge=match_reference(**EXACT),
     ),
 )
 
@@ -490,9 +466,7 @@ MASKED_CHECKS = (
         prefix="masked",
         points={
             "gradients": 1.0,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 0.5,
             "accelerator": 0.5,
         },

@@ -19,7 +19,7 @@ from autograder.contracts import ASSIGNMENTS
 from autograder.kit import inputs
 from autograder.kit.battery import Battery, Check
 from autograder.kit.judges import TOLERANCES, match_reference, public_error
-from autograder.kit.standard import standard_checks
+from autograder.kit.standard import HALF_POINT_PER_DTYPE, standard_checks
 from autograder.mutants.ch05_multihead import MUTANTS
 from autograder.runtime.executor import RETURNED, Call
 
@@ -218,9 +218,7 @@ MERGE_CHECKS = (
         prefix="merge",
         points={
             "gradients": 1.0,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 1.0,
             "accelerator": 1.0,
         },

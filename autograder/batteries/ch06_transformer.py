@@ -22,7 +22,7 @@ from autograder.contracts import ASSIGNMENTS
 from autograder.kit import inputs
 from autograder.kit.battery import Battery, Check
 from autograder.kit.judges import TOLERANCES, match_reference
-from autograder.kit.standard import standard_checks
+from autograder.kit.standard import HALF_POINT_PER_DTYPE, standard_checks
 from autograder.mutants.ch06_transformer import MUTANTS
 from autograder.runtime.executor import Call, Module
 
@@ -319,9 +319,7 @@ LN_CHECKS = (
         partial(_ln_calls, count=2),
         points={
             "gradients": 1.5,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 0.5,
             "accelerator": 0.5,
         },
@@ -362,9 +360,7 @@ FFN_CHECKS = (
         _ffn_calls,
         points={
             "gradients": 2.0,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 1.0,
             "accelerator": 1.0,
         },

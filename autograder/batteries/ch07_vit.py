@@ -18,7 +18,7 @@ from autograder.contracts import ASSIGNMENTS
 from autograder.kit import inputs
 from autograder.kit.battery import Battery, Check
 from autograder.kit.judges import TOLERANCES, match_reference, public_error
-from autograder.kit.standard import standard_checks
+from autograder.kit.standard import HALF_POINT_PER_DTYPE, standard_checks
 from autograder.mutants.ch07_vit import MUTANTS
 from autograder.runtime.executor import Call, Module, Result
 from solutions.ch07_vit import PatchEmbedding, ViT
@@ -175,9 +175,7 @@ PATCHIFY_CHECKS = (
         _patchify_calls,
         points={
             "gradients": 1.5,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 1.0,
             "accelerator": 1.0,
         },
@@ -208,9 +206,7 @@ EMBED_CHECKS = (
         prefix="patch_embedding",
         points={
             "gradients": 2.0,
-            "float64": 0.5,
-            "float16": 0.5,
-            "bfloat16": 0.5,
+            **HALF_POINT_PER_DTYPE,
             "meta": 1.0,
             "accelerator": 1.0,
         },

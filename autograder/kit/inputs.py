@@ -75,6 +75,17 @@ def large_scores(
     return q, k
 
 
+def large_attention(
+    generator: torch.Generator, offset: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (B, Tq, d), k (B, Tk, d) and v (B, Tk, dv) with distinct sizes of at least 3, whose
+    scaled scores are ``offset`` plus a spread of order one over the keys (``large_scores``)."""
+    B, Tq, Tk, d, dv = sizes(generator, 5, low=3)
+    q, k = large_scores(generator, B, Tq, Tk, d, offset)
+    v = randn(generator, B, Tk, dv)
+    return q, k, v
+
+
 def state_dict(generator: torch.Generator, build) -> dict[str, torch.Tensor]:
     """Drawn weights for every entry of the state_dict of the module ``build()`` makes.
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import sys
 from collections.abc import Callable
 
 import torch
@@ -80,19 +81,25 @@ def standalone_source(mutant) -> str:
     implementation = mutant.implementation
     helpers = [inspect.getsource(helper) for helper in _helpers(implementation)]
     own = inspect.getsource(implementation)
-    own = own[own.index("class " if inspect.isclass(implementation) else "def ") :]
+    own = own[re.search(r"^(def|class) ", own, re.MULTILINE).start() :]  # no decorator
     pattern = rf"\b(def|class) {implementation.__name__}\b"
     own = re.sub(pattern, rf"\1 {mutant.function}", own, count=1)
     return "\n\n".join([*helpers, own]).rstrip() + "\n"
 
 
 def _helpers(function, found=None) -> list:
-    """The plain functions of the course that ``function`` calls, dependencies first."""
+    """The plain functions of the course that ``function`` (or a class's methods) calls,
+    dependencies first."""
     found = [] if found is None else found
-    code = function.__code__ if inspect.isfunction(function) else None
-    names = _names_used(code) if code else set()
+    if inspect.isclass(function):
+        methods = [m for m in vars(function).values() if inspect.isfunction(m)]
+        names = set().union(*(_names_used(method.__code__) for method in methods))
+        namespace = vars(sys.modules[function.__module__])
+    else:
+        names = _names_used(function.__code__) if inspect.isfunction(function) else set()
+        namespace = getattr(function, "__globals__", {})
     for name in sorted(names):
-        helper = function.__globals__.get(name)
+        helper = namespace.get(name)
         course_function = inspect.isfunction(helper) and helper.__module__.startswith("autograder")
         if course_function and helper is not function and helper not in found:
             _helpers(helper, found)

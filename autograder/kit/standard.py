@@ -21,6 +21,7 @@ the grader fails every check of a function that reaches a forbidden operation.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import torch
 
@@ -29,6 +30,9 @@ from autograder.kit.judges import TOLERANCES, match_reference
 from autograder.runtime.executor import ACCELERATOR
 
 KINDS = ("gradients", "float64", "float16", "bfloat16", "meta", "accelerator")
+# Most functions earn half a point in each floating dtype: points={"gradients": 1.5,
+# **HALF_POINT_PER_DTYPE, "meta": 1.0, "accelerator": 1.0}.
+HALF_POINT_PER_DTYPE = {"float64": 0.5, "float16": 0.5, "bfloat16": 0.5}
 
 
 def _message(function: str, kind: str) -> str:
@@ -109,3 +113,42 @@ def standard_checks(
             )
         )
     return tuple(checks)
+
+
+def device_argument_checks(
+    function: str,
+    draw: Callable[..., list],
+    *,
+    prefix: str,
+    points: Mapping[str, float],
+    creates: str,
+    judge,
+) -> tuple[Check, ...]:
+    """The meta and accelerator checks of a function that takes a ``device`` argument and
+    creates ``creates`` (for instance "the mask") there.
+
+    ``draw(generator, device)`` returns calls that pass ``device=CALL_DEVICE`` and run on
+    ``device``; ``points`` has a "meta" and an "accelerator" entry. The meta check is gated
+    (it compares shapes only).
+    """
+    return (
+        Check(
+            f"{prefix}_meta",
+            function,
+            points["meta"],
+            partial(draw, device="meta"),
+            f"{function} ignores its device argument: create {creates} with device=device"
+            " (the check asks for the meta device).",
+            judge,
+            gated=True,
+        ),
+        Check(
+            f"{prefix}_accelerator",
+            function,
+            points["accelerator"],
+            partial(draw, device=ACCELERATOR),
+            f"{function} is wrong when asked for the grading machine's accelerator (a GPU when"
+            f" there is one): create {creates} with device=device.",
+            judge,
+        ),
+    )

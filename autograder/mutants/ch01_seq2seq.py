@@ -129,6 +129,18 @@ def _real(x, lengths, offset=0):
     return positions[None, :] + offset < lengths.to(x.device)[:, None]
 
 
+def _masked_encode(steps, h, real, W_ih, W_hh, b, fed=lambda h: h):
+    """The masked loop of several mistakes below: at step t, ``_cell(steps[t], fed(h))``
+    (B, H) becomes the state and the output where ``real[:, t]`` (B, T) is True; elsewhere
+    the state stays and the output is zero. Returns (outputs (B, T, H), last state (B, H))."""
+    outputs = []
+    for t, x_t in enumerate(steps):
+        h_new = _cell(x_t, fed(h), W_ih, W_hh, b)
+        h = torch.where(real[:, t, None], h_new, h)
+        outputs.append(torch.where(real[:, t, None], h_new, 0.0))
+    return torch.stack(outputs, dim=1), h
+
+
 @mistake(
     ENCODE,
     "h_last is the state after the last padded step: at padded steps the state must stay as "
@@ -149,13 +161,7 @@ def encode_last_state_after_padding(x, h0, W_ih, W_hh, b, lengths=None):
     "take each sequence's state at its last real step.",
 )
 def encode_last_state_from_last_column(x, h0, W_ih, W_hh, b, lengths=None):
-    real = _real(x, lengths)
-    h, outputs = h0, []
-    for t in range(x.shape[1]):
-        h_new = _cell(x[:, t], h, W_ih, W_hh, b)
-        h = torch.where(real[:, t, None], h_new, h)
-        outputs.append(torch.where(real[:, t, None], h_new, 0.0))
-    outputs = torch.stack(outputs, dim=1)
+    outputs, _ = _masked_encode(x.unbind(dim=1), h0, _real(x, lengths), W_ih, W_hh, b)
     return outputs, outputs[:, -1]
 
 
@@ -192,12 +198,7 @@ def encode_ignores_lengths(x, h0, W_ih, W_hh, b, lengths=None):
 )
 def encode_mask_off_by_one(x, h0, W_ih, W_hh, b, lengths=None):
     real = _real(x, lengths, offset=-1)
-    h, outputs = h0, []
-    for t in range(x.shape[1]):
-        h_new = _cell(x[:, t], h, W_ih, W_hh, b)
-        h = torch.where(real[:, t, None], h_new, h)
-        outputs.append(torch.where(real[:, t, None], h_new, 0.0))
-    return torch.stack(outputs, dim=1), h
+    return _masked_encode(x.unbind(dim=1), h0, real, W_ih, W_hh, b)
 
 
 @mistake(
@@ -206,23 +207,13 @@ def encode_mask_off_by_one(x, h0, W_ih, W_hh, b, lengths=None):
 )
 def encode_h0_every_step(x, h0, W_ih, W_hh, b, lengths=None):
     real = _real(x, lengths)
-    h, outputs = h0, []
-    for t in range(x.shape[1]):
-        h_new = _cell(x[:, t], h0, W_ih, W_hh, b)
-        h = torch.where(real[:, t, None], h_new, h)
-        outputs.append(torch.where(real[:, t, None], h_new, 0.0))
-    return torch.stack(outputs, dim=1), h
+    return _masked_encode(x.unbind(dim=1), h0, real, W_ih, W_hh, b, fed=lambda h: h0)
 
 
 @mistake(ENCODE, "the given h0 is ignored: the first step starts from zeros instead of h0.")
 def encode_zero_initial_state(x, h0, W_ih, W_hh, b, lengths=None):
     real = _real(x, lengths)
-    h, outputs = torch.zeros_like(h0), []
-    for t in range(x.shape[1]):
-        h_new = _cell(x[:, t], h, W_ih, W_hh, b)
-        h = torch.where(real[:, t, None], h_new, h)
-        outputs.append(torch.where(real[:, t, None], h_new, 0.0))
-    return torch.stack(outputs, dim=1), h
+    return _masked_encode(x.unbind(dim=1), torch.zeros_like(h0), real, W_ih, W_hh, b)
 
 
 @mistake(
@@ -233,13 +224,7 @@ def encode_zero_initial_state(x, h0, W_ih, W_hh, b, lengths=None):
 def encode_time_major_view(x, h0, W_ih, W_hh, b, lengths=None):
     B, T, D = x.shape
     steps = x.reshape(T, B, D)  # a reshape is not a transpose
-    real = _real(x, lengths)
-    h, outputs = h0, []
-    for t in range(T):
-        h_new = _cell(steps[t], h, W_ih, W_hh, b)
-        h = torch.where(real[:, t, None], h_new, h)
-        outputs.append(torch.where(real[:, t, None], h_new, 0.0))
-    return torch.stack(outputs, dim=1), h
+    return _masked_encode(steps, h0, _real(x, lengths), W_ih, W_hh, b)
 
 
 @mistake(
@@ -261,12 +246,7 @@ def encode_outputs_one_step_late(x, h0, W_ih, W_hh, b, lengths=None):
 )
 def encode_detaches_state(x, h0, W_ih, W_hh, b, lengths=None):
     real = _real(x, lengths)
-    h, outputs = h0, []
-    for t in range(x.shape[1]):
-        h_new = _cell(x[:, t], h.detach(), W_ih, W_hh, b)
-        h = torch.where(real[:, t, None], h_new, h)
-        outputs.append(torch.where(real[:, t, None], h_new, 0.0))
-    return torch.stack(outputs, dim=1), h
+    return _masked_encode(x.unbind(dim=1), h0, real, W_ih, W_hh, b, fed=lambda h: h.detach())
 
 
 # --- shift_right(targets (B, T) long, bos_id) ---
@@ -480,6 +460,23 @@ def _start(h0, bos_id):
     return prev, torch.zeros_like(prev, dtype=torch.bool)
 
 
+def _decode_into(tokens, step, h0, first, eos_id, column=0, stop=torch.all):
+    """The greedy loop of the mistakes below: feed the token id ``first`` to every sequence,
+    then each step's argmax (eos once a sequence has finished); write step t's tokens (B,)
+    to ``tokens[:, column + t]`` until the last column, or until ``stop(finished)``.
+    Returns ``tokens`` (B, columns)."""
+    prev, finished = _start(h0, first)
+    h = h0
+    for t in range(tokens.shape[1] - column):
+        logits, h = step(prev, h)
+        prev = torch.where(finished, eos_id, logits.argmax(dim=-1))
+        tokens[:, column + t] = prev
+        finished = finished | (prev == eos_id)
+        if bool(stop(finished)):
+            break
+    return tokens
+
+
 @mistake(
     DECODE,
     "after a sequence emits eos its later positions keep the predicted tokens: they must "
@@ -574,17 +571,9 @@ def decode_h0_every_step(step, h0, bos_id, eos_id, max_len):
     "the result starts with bos (max_len + 1 columns): return the max_len generated tokens only.",
 )
 def decode_keeps_bos(step, h0, bos_id, eos_id, max_len):
-    prev, finished = _start(h0, bos_id)
-    h, tokens = h0, torch.full((h0.shape[0], max_len + 1), eos_id, device=h0.device)
+    tokens = torch.full((h0.shape[0], max_len + 1), eos_id, device=h0.device)
     tokens[:, 0] = bos_id
-    for t in range(max_len):
-        logits, h = step(prev, h)
-        prev = torch.where(finished, eos_id, logits.argmax(dim=-1))
-        tokens[:, t + 1] = prev
-        finished = finished | (prev == eos_id)
-        if bool(finished.all()):
-            break
-    return tokens
+    return _decode_into(tokens, step, h0, bos_id, eos_id, column=1)
 
 
 @mistake(
@@ -593,16 +582,8 @@ def decode_keeps_bos(step, h0, bos_id, eos_id, max_len):
     "finished (use all(), not any()).",
 )
 def decode_stops_at_first_eos(step, h0, bos_id, eos_id, max_len):
-    prev, finished = _start(h0, bos_id)
-    h, tokens = h0, torch.full((h0.shape[0], max_len), eos_id, device=h0.device)
-    for t in range(max_len):
-        logits, h = step(prev, h)
-        prev = torch.where(finished, eos_id, logits.argmax(dim=-1))
-        tokens[:, t] = prev
-        finished = finished | (prev == eos_id)
-        if bool(finished.any()):
-            break
-    return tokens
+    tokens = torch.full((h0.shape[0], max_len), eos_id, device=h0.device)
+    return _decode_into(tokens, step, h0, bos_id, eos_id, stop=torch.any)
 
 
 @mistake(
@@ -611,17 +592,8 @@ def decode_stops_at_first_eos(step, h0, bos_id, eos_id, max_len):
     "must be eos_id.",
 )
 def decode_zeros_after_stop(step, h0, bos_id, eos_id, max_len):
-    prev, finished = _start(h0, bos_id)
-    h = h0
     tokens = torch.zeros(h0.shape[0], max_len, dtype=torch.long, device=h0.device)
-    for t in range(max_len):
-        logits, h = step(prev, h)
-        prev = torch.where(finished, eos_id, logits.argmax(dim=-1))
-        tokens[:, t] = prev
-        finished = finished | (prev == eos_id)
-        if bool(finished.all()):
-            break
-    return tokens
+    return _decode_into(tokens, step, h0, bos_id, eos_id)
 
 
 @mistake(
@@ -630,30 +602,14 @@ def decode_zeros_after_stop(step, h0, bos_id, eos_id, max_len):
     "dtype=torch.long): return long token ids.",
 )
 def decode_float_tokens(step, h0, bos_id, eos_id, max_len):
-    prev, finished = _start(h0, bos_id)
-    h, tokens = h0, torch.full((h0.shape[0], max_len), float(eos_id), device=h0.device)
-    for t in range(max_len):
-        logits, h = step(prev, h)
-        prev = torch.where(finished, eos_id, logits.argmax(dim=-1))
-        tokens[:, t] = prev
-        finished = finished | (prev == eos_id)
-        if bool(finished.all()):
-            break
-    return tokens
+    tokens = torch.full((h0.shape[0], max_len), float(eos_id), device=h0.device)
+    return _decode_into(tokens, step, h0, bos_id, eos_id)
 
 
 @mistake(DECODE, "the first tokens fed to step are 0 instead of bos_id.")
 def decode_starts_from_zero(step, h0, bos_id, eos_id, max_len):
-    prev, finished = _start(h0, 0)
-    h, tokens = h0, torch.full((h0.shape[0], max_len), eos_id, device=h0.device)
-    for t in range(max_len):
-        logits, h = step(prev, h)
-        prev = torch.where(finished, eos_id, logits.argmax(dim=-1))
-        tokens[:, t] = prev
-        finished = finished | (prev == eos_id)
-        if bool(finished.all()):
-            break
-    return tokens
+    tokens = torch.full((h0.shape[0], max_len), eos_id, device=h0.device)
+    return _decode_into(tokens, step, h0, 0, eos_id)
 
 
 @mistake(
@@ -661,16 +617,8 @@ def decode_starts_from_zero(step, h0, bos_id, eos_id, max_len):
     "one step too few: the bos does not count, so there are max_len calls and max_len tokens.",
 )
 def decode_one_step_short(step, h0, bos_id, eos_id, max_len):
-    prev, finished = _start(h0, bos_id)
-    h, tokens = h0, torch.full((h0.shape[0], max_len - 1), eos_id, device=h0.device)
-    for t in range(max_len - 1):
-        logits, h = step(prev, h)
-        prev = torch.where(finished, eos_id, logits.argmax(dim=-1))
-        tokens[:, t] = prev
-        finished = finished | (prev == eos_id)
-        if bool(finished.all()):
-            break
-    return tokens
+    tokens = torch.full((h0.shape[0], max_len - 1), eos_id, device=h0.device)
+    return _decode_into(tokens, step, h0, bos_id, eos_id)
 
 
 MUTANTS = mistake.mutants

@@ -313,6 +313,11 @@ def _projections(x, W_q, W_k, W_v):
     return x @ W_q.T, x @ W_k.T, x @ W_v.T  # (B, T, d_k), (B, T, d_k), (B, T, d_v)
 
 
+def _self_attention(x, W_q, W_k, W_v, mask, **options):
+    """Masked attention of x (B, T, D) with itself (options: ``masked_softmax_attention``'s)."""
+    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask, **options)
+
+
 def _lower(T, device, diagonal=0):
     return torch.ones(T, T, dtype=torch.bool, device=device).tril(diagonal)  # (T, T)
 
@@ -332,9 +337,7 @@ def _both_real(mask, lengths, T, device):
 def causal_self_no_causal_mask(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = torch.ones(T, T, dtype=torch.bool, device=x.device)
-    return masked_softmax_attention(
-        *_projections(x, W_q, W_k, W_v), _both_real(mask, lengths, T, x.device)
-    )
+    return _self_attention(x, W_q, W_k, W_v, _both_real(mask, lengths, T, x.device))
 
 
 @mistake(
@@ -345,9 +348,7 @@ def causal_self_no_causal_mask(x, W_q, W_k, W_v, lengths=None):
 def causal_self_upper(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu()
-    return masked_softmax_attention(
-        *_projections(x, W_q, W_k, W_v), _both_real(mask, lengths, T, x.device)
-    )
+    return _self_attention(x, W_q, W_k, W_v, _both_real(mask, lengths, T, x.device))
 
 
 @mistake(
@@ -357,14 +358,12 @@ def causal_self_upper(x, W_q, W_k, W_v, lengths=None):
 def causal_self_excludes_itself(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _lower(T, x.device, diagonal=-1)
-    return masked_softmax_attention(
-        *_projections(x, W_q, W_k, W_v), _both_real(mask, lengths, T, x.device)
-    )
+    return _self_attention(x, W_q, W_k, W_v, _both_real(mask, lengths, T, x.device))
 
 
 @mistake(CAUSAL_SELF, "the lengths are ignored: padded keys are attended and padded rows kept.")
 def causal_self_ignores_lengths(x, W_q, W_k, W_v, lengths=None):
-    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), _lower(x.shape[1], x.device))
+    return _self_attention(x, W_q, W_k, W_v, _lower(x.shape[1], x.device))
 
 
 @mistake(
@@ -377,7 +376,7 @@ def causal_self_padded_queries_kept(x, W_q, W_k, W_v, lengths=None):
     mask = _lower(T, x.device)
     if lengths is not None:
         mask = mask & _real(lengths, T, x.device)[:, None, :]  # (B, T, T)
-    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask)
+    return _self_attention(x, W_q, W_k, W_v, mask)
 
 
 @mistake(
@@ -388,7 +387,7 @@ def causal_self_padded_queries_kept(x, W_q, W_k, W_v, lengths=None):
 def causal_self_padded_rows_nan(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _both_real(_lower(T, x.device), lengths, T, x.device)
-    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask, empty="nan")
+    return _self_attention(x, W_q, W_k, W_v, mask, empty="nan")
 
 
 @mistake(
@@ -399,7 +398,7 @@ def causal_self_padded_rows_nan(x, W_q, W_k, W_v, lengths=None):
 def causal_self_padded_rows_uniform(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _both_real(_lower(T, x.device), lengths, T, x.device)
-    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask, empty="uniform")
+    return _self_attention(x, W_q, W_k, W_v, mask, empty="uniform")
 
 
 @mistake(
@@ -412,7 +411,7 @@ def causal_self_masks_or(x, W_q, W_k, W_v, lengths=None):
     mask = _lower(T, x.device)
     if lengths is not None:
         mask = mask | _real(lengths, T, x.device)[:, None, :]  # (B, T, T)
-    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask)
+    return _self_attention(x, W_q, W_k, W_v, mask)
 
 
 @mistake(
@@ -422,7 +421,7 @@ def causal_self_masks_or(x, W_q, W_k, W_v, lengths=None):
 def causal_self_lengths_off_by_one(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _both_real(_lower(T, x.device), None if lengths is None else lengths + 1, T, x.device)
-    return masked_softmax_attention(*_projections(x, W_q, W_k, W_v), mask)
+    return _self_attention(x, W_q, W_k, W_v, mask)
 
 
 @mistake(
@@ -433,9 +432,7 @@ def causal_self_lengths_off_by_one(x, W_q, W_k, W_v, lengths=None):
 def causal_self_scale_by_model_dim(x, W_q, W_k, W_v, lengths=None):
     T = x.shape[1]
     mask = _both_real(_lower(T, x.device), lengths, T, x.device)
-    return masked_softmax_attention(
-        *_projections(x, W_q, W_k, W_v), mask, scale=1 / math.sqrt(x.shape[-1])
-    )
+    return _self_attention(x, W_q, W_k, W_v, mask, scale=1 / math.sqrt(x.shape[-1]))
 
 
 MUTANTS = mistake.mutants

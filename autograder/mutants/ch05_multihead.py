@@ -25,6 +25,13 @@ def _check_divisible(D, num_heads):
         raise ValueError(f"{D} features cannot be cut into {num_heads} heads")
 
 
+def _head_sizes(x, num_heads):
+    """B, T, h, d of x (B, T, D) cut into h heads of d = D/h features (ValueError if not)."""
+    B, T, D = x.shape
+    _check_divisible(D, num_heads)
+    return B, T, num_heads, D // num_heads
+
+
 # --- split_heads(x (B, T, D), num_heads) -> (B, h, T, D/h) ---
 
 
@@ -34,9 +41,8 @@ def _check_divisible(D, num_heads):
     "positions instead of its own features. Reshape to (B, T, h, d), then transpose(1, 2).",
 )
 def split_without_transpose(x, num_heads):
-    B, T, D = x.shape
-    _check_divisible(D, num_heads)
-    return x.reshape(B, num_heads, T, D // num_heads)
+    B, T, h, d = _head_sizes(x, num_heads)
+    return x.reshape(B, h, T, d)
 
 
 @mistake(
@@ -45,9 +51,8 @@ def split_without_transpose(x, num_heads):
     "i holds the consecutive features i*d to (i+1)*d - 1.",
 )
 def split_interleaved(x, num_heads):
-    B, T, D = x.shape
-    _check_divisible(D, num_heads)
-    return x.reshape(B, T, D // num_heads, num_heads).permute(0, 3, 1, 2)
+    B, T, h, d = _head_sizes(x, num_heads)
+    return x.reshape(B, T, d, h).permute(0, 3, 1, 2)
 
 
 @mistake(
@@ -56,9 +61,8 @@ def split_interleaved(x, num_heads):
     "(transpose(1, 2)).",
 )
 def split_heads_after_positions(x, num_heads):
-    B, T, D = x.shape
-    _check_divisible(D, num_heads)
-    return x.reshape(B, T, num_heads, D // num_heads)
+    B, T, h, d = _head_sizes(x, num_heads)
+    return x.reshape(B, T, h, d)
 
 
 @mistake(
@@ -66,10 +70,9 @@ def split_heads_after_positions(x, num_heads):
     "the heads are folded into the batch dim, (B*h, T, d); split_heads returns (B, h, T, d).",
 )
 def split_into_batch(x, num_heads):
-    B, T, D = x.shape
-    _check_divisible(D, num_heads)
-    heads = x.reshape(B, T, num_heads, D // num_heads).transpose(1, 2)
-    return heads.reshape(B * num_heads, T, D // num_heads)
+    B, T, h, d = _head_sizes(x, num_heads)
+    heads = x.reshape(B, T, h, d).transpose(1, 2)
+    return heads.reshape(B * h, T, d)
 
 
 @mistake(
@@ -78,9 +81,8 @@ def split_into_batch(x, num_heads):
     "transpose(1, 2).",
 )
 def split_transposes_last_dims(x, num_heads):
-    B, T, D = x.shape
-    _check_divisible(D, num_heads)
-    return x.reshape(B, T, num_heads, D // num_heads).transpose(-2, -1)
+    B, T, h, d = _head_sizes(x, num_heads)
+    return x.reshape(B, T, h, d).transpose(-2, -1)
 
 
 @mistake(
@@ -88,9 +90,8 @@ def split_transposes_last_dims(x, num_heads):
     "the result is (B, h, d, T), with the positions last; split_heads returns (B, h, T, d).",
 )
 def split_positions_last(x, num_heads):
-    B, T, D = x.shape
-    _check_divisible(D, num_heads)
-    return x.reshape(B, T, num_heads, D // num_heads).permute(0, 2, 3, 1)
+    B, T, h, d = _head_sizes(x, num_heads)
+    return x.reshape(B, T, h, d).permute(0, 2, 3, 1)
 
 
 @mistake(
@@ -99,9 +100,8 @@ def split_positions_last(x, num_heads):
     "instead of h pieces of size D/h.",
 )
 def split_sizes_swapped(x, num_heads):
-    B, T, D = x.shape
-    _check_divisible(D, num_heads)
-    return x.reshape(B, T, D // num_heads, num_heads).transpose(1, 2)
+    B, T, h, d = _head_sizes(x, num_heads)
+    return x.reshape(B, T, d, h).transpose(1, 2)
 
 
 @mistake(
@@ -110,9 +110,8 @@ def split_sizes_swapped(x, num_heads):
     "no gradient flows back through the heads.",
 )
 def split_detached(x, num_heads):
-    B, T, D = x.shape
-    _check_divisible(D, num_heads)
-    return x.detach().reshape(B, T, num_heads, D // num_heads).transpose(1, 2)
+    B, T, h, d = _head_sizes(x, num_heads)
+    return x.detach().reshape(B, T, h, d).transpose(1, 2)
 
 
 # --- merge_heads(x (B, h, T, d)) -> (B, T, h*d) ---
@@ -195,9 +194,8 @@ def merge_along_positions(x):
 
 
 def _split(x, h):
-    B, T, D = x.shape
-    _check_divisible(D, h)
-    return x.reshape(B, T, h, D // h).transpose(1, 2)  # (B, h, T, d)
+    B, T, h, d = _head_sizes(x, h)
+    return x.reshape(B, T, h, d).transpose(1, 2)  # (B, h, T, d)
 
 
 def _merge(x):
@@ -234,19 +232,7 @@ def _mha(query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, h, mask, **k
     "and no transpose, so a head holds positions instead of features.",
 )
 def mha_split_without_transpose(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     def split(x, h):
         B, T, D = x.shape
@@ -262,19 +248,7 @@ def mha_split_without_transpose(
     "(B, T, h, d) first.",
 )
 def mha_merge_without_transpose(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     def merge(x):
         B, h, T, d = x.shape
@@ -289,19 +263,7 @@ def mha_merge_without_transpose(
     "the output projection is missing: the merged heads must go through x @ W_o.T + b_o.",
 )
 def mha_no_output_projection(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     q = _split(query @ W_q.T + b_q, num_heads)
     k = _split(key @ W_k.T + b_k, num_heads)
@@ -316,19 +278,7 @@ def mha_no_output_projection(
     "of one head.",
 )
 def mha_scale_by_model_dim(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     args = (query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask)
     return _mha(*args, scale=1 / math.sqrt(query.shape[-1]))
@@ -340,19 +290,7 @@ def mha_scale_by_model_dim(
     "(B, h, Tq, Tk).",
 )
 def mha_weights_averaged(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     args = (query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask)
     out, weights = _mha(*args)
@@ -366,19 +304,7 @@ def mha_weights_averaged(
     "use repeat_interleave, or keep a head dim and unsqueeze(1).",
 )
 def mha_mask_repeated_in_wrong_order(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     B, Tq, D = query.shape
     Tk, h, d = key.shape[1], num_heads, D // num_heads
@@ -396,19 +322,7 @@ def mha_mask_repeated_in_wrong_order(
 
 @mistake(MHA, "the keys are projected with W_v, b_v and the values with W_k, b_k: swap them back.")
 def mha_key_value_projections_swapped(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     args = (query, key, value, W_q, b_q, W_v, b_v, W_k, b_k, W_o, b_o, num_heads, mask)
     return _mha(*args)
@@ -416,19 +330,7 @@ def mha_key_value_projections_swapped(
 
 @mistake(MHA, "the biases b_q, b_k and b_v of the projections are left out.")
 def mha_no_input_biases(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     zeros = torch.zeros_like(b_q)
     args = (query, key, value, W_q, zeros, W_k, zeros, W_v, zeros, W_o, b_o, num_heads, mask)
@@ -441,19 +343,7 @@ def mha_no_input_biases(
     "cross-attention they come from the other sequence.",
 )
 def mha_keys_values_from_query(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     args = (query, query, query, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask)
     return _mha(*args)
@@ -465,19 +355,7 @@ def mha_keys_values_from_query(
     "forbidden): in this course True means may attend.",
 )
 def mha_mask_inverted(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     inverted = None if mask is None else ~mask
     args = (query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, inverted)
@@ -490,19 +368,7 @@ def mha_mask_inverted(
     "attention output must be zero, so its out is b_o.",
 )
 def mha_empty_rows_nan(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     args = (query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask)
     return _mha(*args, empty="nan")
@@ -514,19 +380,7 @@ def mha_empty_rows_nan(
     "(out_features, in_features)).",
 )
 def mha_output_weights_untransposed(
-    query,
-    key,
-    value,
-    W_q,
-    b_q,
-    W_k,
-    b_k,
-    W_v,
-    b_v,
-    W_o,
-    b_o,
-    num_heads,
-    mask=None,
+    query, key, value, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, num_heads, mask=None
 ):
     q = _split(query @ W_q.T + b_q, num_heads)
     k = _split(key @ W_k.T + b_k, num_heads)

@@ -32,15 +32,20 @@ def _grid(images, p):
     return images.reshape(B, C, H // p, p, W // p, p)
 
 
+def _patches(images, p, order=(0, 2, 4, 1, 3, 5)):
+    """(B, N, C*p*p): the grid (B, C, H/p, p, W/p, p) permuted to ``order``, flattened per
+    patch (the default order is the contract's, (B, H/p, W/p, C, p, p))."""
+    B, C = images.shape[:2]
+    return _grid(images, p).permute(order).reshape(B, -1, C * p * p)
+
+
 @mistake(
     PATCHIFY,
     "each patch is flattened in (p, p, C) order (channels last); the contract is (C, p, p), "
     "as F.unfold gives it: permute to (B, H/p, W/p, C, p, p).",
 )
 def patchify_channels_last(images, patch_size):
-    B, C = images.shape[:2]
-    grid = _grid(images, patch_size).permute(0, 2, 4, 3, 5, 1)  # (B, H/p, W/p, p, p, C)
-    return grid.reshape(B, -1, C * patch_size**2)
+    return _patches(images, patch_size, (0, 2, 4, 3, 5, 1))  # (B, H/p, W/p, p, p, C)
 
 
 @mistake(
@@ -49,9 +54,7 @@ def patchify_channels_last(images, patch_size):
     "left to right, then top to bottom.",
 )
 def patchify_column_major(images, patch_size):
-    B, C = images.shape[:2]
-    grid = _grid(images, patch_size).permute(0, 4, 2, 1, 3, 5)  # (B, W/p, H/p, C, p, p)
-    return grid.reshape(B, -1, C * patch_size**2)
+    return _patches(images, patch_size, (0, 4, 2, 1, 3, 5))  # (B, W/p, H/p, C, p, p)
 
 
 @mistake(
@@ -71,9 +74,7 @@ def patchify_reshape_only(images, patch_size):
     "(C, row, column).",
 )
 def patchify_patch_transposed(images, patch_size):
-    B, C = images.shape[:2]
-    grid = _grid(images, patch_size).permute(0, 2, 4, 1, 5, 3)  # (B, H/p, W/p, C, p_x, p_y)
-    return grid.reshape(B, -1, C * patch_size**2)
+    return _patches(images, patch_size, (0, 2, 4, 1, 5, 3))  # (B, H/p, W/p, C, p_x, p_y)
 
 
 @mistake(
@@ -84,7 +85,7 @@ def patchify_patch_transposed(images, patch_size):
 def patchify_crops(images, patch_size):
     H, W = images.shape[-2:]
     p = patch_size
-    return patchify(images[:, :, : H - H % p, : W - W % p], p)
+    return _patches(images[:, :, : H - H % p, : W - W % p], p)
 
 
 @mistake(
@@ -93,7 +94,7 @@ def patchify_crops(images, patch_size):
     "(B, N, C*p*p), one row per patch.",
 )
 def patchify_unfold_layout(images, patch_size):
-    return patchify(images, patch_size).transpose(1, 2)
+    return _patches(images, patch_size).transpose(1, 2)
 
 
 @mistake(
@@ -124,20 +125,18 @@ def patchify_strided(images, patch_size):
 
 @mistake(PATCHIFY, "the result is converted to float32; keep the images' dtype.")
 def patchify_to_float32(images, patch_size):
-    return patchify(images, patch_size).float()
+    return _patches(images, patch_size).float()
 
 
 # --- PatchEmbedding.forward(images (B, C, H, W)) -> (B, N+1, D) ---
 
 
 def _channels_last(images, p):
-    B, C = images.shape[:2]
-    return _grid(images, p).permute(0, 2, 4, 3, 5, 1).reshape(B, -1, C * p * p)
+    return _patches(images, p, (0, 2, 4, 3, 5, 1))  # (B, H/p, W/p, p, p, C)
 
 
 def _column_major(images, p):
-    B, C = images.shape[:2]
-    return _grid(images, p).permute(0, 4, 2, 1, 3, 5).reshape(B, -1, C * p * p)
+    return _patches(images, p, (0, 4, 2, 1, 3, 5))  # (B, W/p, H/p, C, p, p)
 
 
 def _tokens(embedding, images, cut=patchify):
