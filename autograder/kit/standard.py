@@ -35,7 +35,7 @@ KINDS = ("gradients", "float64", "float16", "bfloat16", "meta", "accelerator")
 HALF_POINT_PER_DTYPE = {"float64": 0.5, "float16": 0.5, "bfloat16": 0.5}
 
 
-def _message(function: str, kind: str) -> str:
+def _message(function: str, kind: str, grads: bool) -> str:
     if kind == "gradients":
         return (
             f"the gradients of {function} are wrong: keep every step differentiable (no"
@@ -52,10 +52,13 @@ def _message(function: str, kind: str) -> str:
             f"{function} fails on the meta device (shapes, no values): a tensor is created on"
             " a fixed device, or the result has the wrong shape or dtype."
         )
+    # On a grader without a GPU this check runs on the CPU, where the other checks already
+    # say what is wrong: the device hint must only speak when this check fails alone.
     return (
-        f"{function} is wrong on the grading machine's accelerator (a GPU when there is one),"
-        " gradients included; if it passes on the CPU, look for a tensor created on a fixed"
-        " device."
+        f"{function} is wrong on the grading machine's accelerator (a GPU when there is one,"
+        f" else the CPU){', gradients included' if grads else ''}. If this is the only check"
+        " of it that fails, a tensor is created on a fixed device: create new tensors on an"
+        " input's device."
     )
 
 
@@ -95,7 +98,7 @@ def standard_checks(
     for kind in KINDS:
         if not points.get(kind):
             continue
-        message = _message(function, kind)
+        message = _message(function, kind, grads)
         if kind in hints:
             message = f"{message} {hints[kind]}"
         dtype = getattr(torch, kind) if kind.startswith(("float", "bfloat")) else torch.float32
