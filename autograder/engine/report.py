@@ -127,8 +127,11 @@ def failure_chart(rows: Sequence[tuple[str, str, int, int]], functions, path: Pa
 
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 70em;
+       color: #222; }
+.table { overflow-x: auto; margin: 0.5em 0 1.5em; }
+table { border-collapse: collapse; }
+td.text { min-width: 16em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; }
@@ -155,6 +158,7 @@ def write_report(out_dir: Path, battery, records: Sequence[dict], summary) -> Pa
     ]
     page = (
         f"<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
         f"<title>{_e(battery.assignment)}: class report</title>\n<style>{STYLE}</style>\n"
         f"</head>\n<body>\n{''.join(sections)}</body>\n</html>\n"
     )
@@ -173,14 +177,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence], numeric=()) -> str:
     head = "".join(f"<th>{_e(cell)}</th>" for cell in header)
     body = "".join(
         "<tr>"
-        + "".join(
-            f"<td class='number'>{_e(cell)}</td>" if index in numeric else f"<td>{_e(cell)}</td>"
-            for index, cell in enumerate(row)
-        )
+        + "".join(_cell(cell, index in numeric) for index, cell in enumerate(row))
         + "</tr>\n"
         for row in rows
     )
-    return f"<table>\n<tr>{head}</tr>\n{body}</table>\n"
+    return f"<div class='table'><table>\n<tr>{head}</tr>\n{body}</table></div>\n"
+
+
+def _cell(value, numeric: bool) -> str:
+    """A table cell; a sentence keeps a readable width on a narrow screen (the table scrolls)."""
+    text = str(value)
+    kind = " class='number'" if numeric else " class='text'" if len(text) > 40 else ""
+    return f"<td{kind}>{_e(text)}</td>"
+
+
+def _figure(name: str, description: str) -> str:
+    """A figure of ``report_files/``, linked to itself: on a narrow screen, a tap opens it."""
+    source = f"report_files/{name}"
+    return f"<a href='{source}'><img src='{source}' alt='{_e(description)}'></a>\n"
 
 
 def _none(text: str) -> str:
@@ -204,10 +218,10 @@ def _overview(battery, records, summary) -> str:
 
 
 def _scores_section(battery, records) -> str:
-    return (
-        "<h2>Scores per function</h2>\n"
-        "<img src='report_files/scores.png' alt='One histogram per function: the number of"
-        " graded students at each score, from zero to full marks.'>\n"
+    return "<h2>Scores per function</h2>\n" + _figure(
+        "scores.png",
+        "One histogram per function: the number of graded students at each score, from"
+        " zero to full marks.",
     )
 
 
@@ -218,8 +232,11 @@ def _checks_section(failures) -> str:
     ]
     return (
         "<h2>Failure rate of every check</h2>\n"
-        "<img src='report_files/checks.png' alt='A horizontal bar per check: the percentage"
-        " of graded students who failed it, the most failed at the top.'>\n"
+        + _figure(
+            "checks.png",
+            "A horizontal bar per check: the percentage of graded students who failed it, the"
+            " most failed at the top.",
+        )
         + _table(("check", "function", "failed", "graded", "rate"), rows, numeric=(2, 3, 4))
     )
 
