@@ -102,17 +102,8 @@ def make_course(root: Path, pipeline: str) -> Path:
     ``pipeline`` is ``"nbgrader"`` (nbgrader's own autograde steps) or ``"course"`` (the
     course's: a sandboxed kernel, then the grader's verdicts in the hidden test cells).
     """
-    course = root / "exercises"
-    course.mkdir(parents=True)
-    config = (build.COURSE_ROOT / "nbgrader_config.py").read_text()
-    if pipeline == "nbgrader":
-        config += NBGRADER_PIPELINE
-    (course / "nbgrader_config.py").write_text(config)
-    shutil.copytree(build.source_path(ASSIGNMENT).parent, course / "source" / ASSIGNMENT)
-    for package in ("autograder", "solutions"):
-        (root / package).symlink_to(REPO / package, target_is_directory=True)
-    build.generate_release(ASSIGNMENT, course)
-    return course
+    extra = NBGRADER_PIPELINE if pipeline == "nbgrader" else ""
+    return build.copy_course(root, ASSIGNMENT, config_extra=extra)
 
 
 def answer_cells(nb) -> dict[str, nbformat.NotebookNode]:

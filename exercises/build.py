@@ -55,6 +55,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -461,6 +462,25 @@ def generate_release(assignment: str, course_root: Path = COURSE_ROOT) -> Path:
     """Regenerate ``release/<assignment>`` (and the gradebook entry) from the source."""
     run_nbgrader(course_root, "generate_assignment", assignment, "--force")
     return release_path(assignment, course_root)
+
+
+def copy_course(root: Path, assignment: str, *, config_extra: str = "") -> Path:
+    """A released copy of the course at ``root/exercises``, for one assignment.
+
+    ``root`` gets the layout of the repository: the copied ``nbgrader_config.py`` puts its
+    parent folder on the instructor's kernels' PYTHONPATH and loads the course's nbgrader
+    steps from it, so ``autograder/`` and ``solutions/`` are linked there. ``config_extra``
+    is appended to the copied configuration (to try another autograde pipeline, say).
+    """
+    course = root / "exercises"
+    course.mkdir(parents=True)
+    config = (COURSE_ROOT / "nbgrader_config.py").read_text()
+    (course / "nbgrader_config.py").write_text(config + config_extra)
+    shutil.copytree(source_path(assignment).parent, course / "source" / assignment)
+    for package in ("autograder", "solutions"):
+        (root / package).symlink_to(REPOSITORY_ROOT / package, target_is_directory=True)
+    generate_release(assignment, course)
+    return course
 
 
 def main(argv: list[str]) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -125,19 +124,6 @@ def with_cell_after_imports(nb, source: str):
 # A copy of the course -----------------------------------------------------------------------
 
 
-def make_course(root: Path, assignment: str) -> Path:
-    """A copy of the course at ``root/exercises`` beside links to the trusted packages,
-    with the assignment released."""
-    course = root / "exercises"
-    course.mkdir(parents=True)
-    shutil.copy(build.COURSE_ROOT / "nbgrader_config.py", course)
-    shutil.copytree(build.source_path(assignment).parent, course / "source" / assignment)
-    for package in ("autograder", "solutions"):
-        (root / package).symlink_to(REPO / package, target_is_directory=True)
-    build.generate_release(assignment, course)
-    return course
-
-
 def submit(course: Path, assignment: str, student: str, nb) -> None:
     path = course / "submitted" / student / assignment / f"{assignment}.ipynb"
     path.parent.mkdir(parents=True)
@@ -189,7 +175,7 @@ def attacked_course(request, tmp_path_factory):
     """A course copy of one chapter after autograde, the grader and generate_feedback."""
     assignment = request.param
     root = tmp_path_factory.mktemp(f"attack-{assignment}")
-    course = make_course(root, assignment)
+    course = build.copy_course(root, assignment)
     release = release_of(course, assignment)
     targets = [root / "solutions" / p.name for p in (REPO / "solutions").glob("ch*.py")]
     targets += [root / "autograder" / "batteries" / f"{assignment}.py"]
@@ -313,7 +299,7 @@ def workflow(tmp_path_factory):
     """Chapter 3 through the grader, autograde, the grader again, a manual grade (and
     autograde of that student again), generate_feedback and an overwrite of manual grades."""
     root = tmp_path_factory.mktemp("workflow")
-    course = make_course(root, WORKFLOW)
+    course = build.copy_course(root, WORKFLOW)
     source = nbformat.read(build.source_path(WORKFLOW, course), as_version=4)
     release = release_of(course, WORKFLOW)
     submit(course, WORKFLOW, "honest", source)

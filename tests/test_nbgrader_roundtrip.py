@@ -2,15 +2,15 @@
 
 Per assignment with a template and a battery (one round trip each): release the
 assignment, validate the source (it passes) and the release (every check cell fails, and
-says that the function is not written yet), autograde four submissions with the hidden
-test cells, which run the battery in the kernel (the reference, the untouched release, one
-with a known mistake in its last function, and a right one that writes warnings on stderr),
-and export the grades to CSV.
+says that the function is not written yet), autograde four submissions with the course's
+pipeline (the notebook in a sandboxed kernel, then the sandboxed grader's verdict in each
+hidden test cell: ``exercises/nbgrader_config.py``) — the reference, the untouched release,
+one with a known mistake in its last function, and a right one that writes warnings on
+stderr — and export the grades to CSV.
 """
 
 import csv
 import importlib
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -25,7 +25,6 @@ from exercises import build
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 ASSIGNMENTS = [a for a in build.assignments() if a in available()]
 STUDENTS = ("correct", "blank", "mutant", "warns")
 
@@ -34,21 +33,6 @@ WARNING = """
 with warnings.catch_warnings():
     warnings.simplefilter("always")
     warnings.warn("this warning must not cost points", UserWarning, stacklevel=1)"""
-
-
-def make_course(root: Path, assignment: str) -> Path:
-    """A copy of the course at ``root/exercises``, beside links to the trusted packages.
-
-    The copied ``nbgrader_config.py`` puts its parent folder, ``root``, on the kernels'
-    PYTHONPATH, so ``root`` gets the layout of the repository.
-    """
-    course = root / "exercises"
-    course.mkdir(parents=True)
-    shutil.copy(build.COURSE_ROOT / "nbgrader_config.py", course)
-    shutil.copytree(build.source_path(assignment).parent, course / "source" / assignment)
-    for package in ("autograder", "solutions"):
-        (root / package).symlink_to(REPO / package, target_is_directory=True)
-    return course
 
 
 def submit(course: Path, assignment: str, student: str, nb) -> None:
@@ -95,8 +79,7 @@ def course(request, tmp_path_factory):
     """(assignment, course) after release, four submissions and autograding."""
     assignment = request.param
     names = contracts_of(assignment).names
-    course = make_course(tmp_path_factory.mktemp(f"roundtrip-{assignment}"), assignment)
-    build.generate_release(assignment, course)
+    course = build.copy_course(tmp_path_factory.mktemp(f"roundtrip-{assignment}"), assignment)
     source = nbformat.read(build.source_path(assignment, course), as_version=4)
     release = nbformat.read(build.release_path(assignment, course), as_version=4)
     submit(course, assignment, "correct", source)
