@@ -245,9 +245,13 @@ def variants() -> dict[str, dict | bytes | None]:
     )
     crashing = honest_notebook()
     crashing["cells"].insert(2, _cell("code", "ratio = 1 / 0"))
+    # Parsable by no one: ast.parse raises RecursionError, not SyntaxError, on this cell.
+    nested = honest_notebook()
+    _find(nested, FUNCTIONS[2])["source"] += "\nchain = x" + ".y" * 200_000 + "\n"
     return {
         "honest": honest_notebook(),
         "crash_cell": crashing,
+        "deep_nesting": nested,
         "wrong": wrong,
         "blank": release_notebook(),
         "corrupt": b'{"cells": [{"cell_type": "code", "sour',
@@ -323,6 +327,8 @@ def test_scores(batch):
     assert totals["blank"] == totals["corrupt"] == totals["garbage"] == totals["no_notebook"] == 0
     # The wrong scaled_dot_product_attention also breaks self_attention, which calls it.
     assert totals["wrong"] == 10
+    # A cell no parser can read costs its own function, and nothing stops the grader.
+    assert records["deep_nesting"]["status"] == "graded" and totals["deep_nesting"] == 20
     assert records["forbidden"]["functions"][FUNCTIONS[0]]["score"] == 0
 
 

@@ -40,6 +40,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Float, Unicode
 
 from autograder.engine import gradebook, grading
+from autograder.runtime import syntax
 
 HIDDEN_TESTS_MARKER = "### BEGIN HIDDEN TESTS"
 LEAK_MARKER = re.compile(r"LEAK-MARKER-[A-Za-z0-9-]+")
@@ -301,7 +302,8 @@ def course_material() -> tuple[str, ...]:
 def _body_lines(source: str) -> set[str]:
     lines = source.splitlines()
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    tree = syntax.parse(source)
+    for node in ast.walk(tree) if tree is not None else ():
         if not isinstance(node, ast.FunctionDef) or node.name == "__init__":
             continue
         body = node.body

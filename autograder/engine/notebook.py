@@ -25,6 +25,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autograder.runtime import syntax
+
 MAX_NOTEBOOK_BYTES = 20 * 1024 * 1024
 HIDDEN_TESTS_MARKER = "### BEGIN HIDDEN TESTS"
 # A line magic or shell escape: indentation, "%" or "!", the magic's name, the rest.
@@ -282,9 +284,8 @@ def _retyped_cell_problems(cells: list[tuple[int, dict]], solution_ids) -> list[
 
 def defines(source: str, name: str) -> bool:
     """Whether ``source`` defines ``name`` at its top level (a def or a class)."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = syntax.parse(source)
+    if tree is None:
         return (
             re.search(rf"^(async\s+)?(def|class)\s+{re.escape(name)}\b", source, re.M) is not None
         )

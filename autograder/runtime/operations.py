@@ -59,6 +59,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import syntax
+
 
 @dataclass(frozen=True)
 class Operation:
@@ -405,9 +407,8 @@ def forbidden_in_source(
     built at run time escape it, and ``Watch`` sees them.
     """
     watched = [OPERATIONS[name] for name in sorted(_check_names(names))]
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    tree = syntax.parse(source)
+    if tree is None:
         return []
     own_names = set(own_names) | _bound_names(tree)
     bare: dict[str, set[str]] = {}
