@@ -501,12 +501,19 @@ def test_only_the_students_named_are_graded(small_batch):
         _grade(small_batch, students=["nobody"])
 
 
-def test_student_option_regrades_them_on_the_command_line(small_batch, monkeypatch, capsys):
+@pytest.fixture
+def command_line(small_batch, monkeypatch):
+    """The small batch as ``python -m autograder grade`` sees it from a repository root,
+    graded in process with the test battery."""
     monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
     monkeypatch.setattr(grading, "default_worker_factory", lambda *options: InProcessWorker)
     monkeypatch.setattr(grading, "REPOSITORY", small_batch)
     (small_batch / "exercises").symlink_to(small_batch / "course")
     monkeypatch.chdir(small_batch)
+    return small_batch
+
+
+def test_student_option_regrades_them_on_the_command_line(command_line, capsys):
     assert cli.main(["grade", ASSIGNMENT, "subs", "--workers", "1"]) == 0
     capsys.readouterr()
     options = ["--student", "wrong", "--student", "honest"]
@@ -532,20 +539,15 @@ def test_interrupt_keeps_finished_records_and_resumes(small_batch):
     assert resumed.graded_now == 5 - len(records) and resumed.students == 5
 
 
-def test_command_line_prints_progress_and_summary(small_batch, monkeypatch, capsys):
-    monkeypatch.setattr(grading, "load_battery", lambda assignment: make_battery())
-    monkeypatch.setattr(grading, "default_worker_factory", lambda *options: InProcessWorker)
-    monkeypatch.setattr(grading, "REPOSITORY", small_batch)
-    (small_batch / "exercises").symlink_to(small_batch / "course")
-    monkeypatch.chdir(small_batch)
+def test_command_line_prints_progress_and_summary(command_line, capsys):
     status = cli.main(["grade", ASSIGNMENT, "subs", "--json", "out.json", "--workers", "2"])
     captured = capsys.readouterr()
     assert status == 0
     assert "5/5 graded" in captured.err
     assert "mean score" in captured.out and "checks failed most" in captured.out
     assert "corrupt" in captured.out and "isolation" in captured.out
-    assert (small_batch / "grading" / ASSIGNMENT / "grades.csv").exists()
-    assert len(json.loads((small_batch / "out.json").read_text())) == 15
+    assert (command_line / "grading" / ASSIGNMENT / "grades.csv").exists()
+    assert len(json.loads((command_line / "out.json").read_text())) == 15
 
 
 def test_progress_bar_redraws_in_place_on_a_terminal():

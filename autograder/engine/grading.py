@@ -806,15 +806,8 @@ class Summary:
 def failure_groups(records: Sequence[dict], top: int = 3) -> list[tuple[int, list[str]]]:
     """The checks failed by the most students, grouped by that number (ties together),
     for the ``top`` largest numbers."""
-    failures = Counter(
-        check["name"]
-        for record in records
-        for entry in record["functions"].values()
-        for check in entry["checks"]
-        if not check["passed"]
-    )
     groups: dict[int, list[str]] = {}
-    for name, count in failures.items():
+    for name, count in report.failed_checks(records).items():
         groups.setdefault(count, []).append(name)
     return [(count, sorted(groups[count])) for count in sorted(groups, reverse=True)[:top]]
 

@@ -39,17 +39,22 @@ def graded(records: Sequence[dict]) -> list[dict]:
     return [record for record in records if record["status"] == "graded"]
 
 
-def check_failures(battery, records: Sequence[dict]) -> list[tuple[str, str, int, int]]:
-    """(check, function, students who failed it, students graded) for every check, the most
-    failed first, ties by the battery's order."""
-    ran = graded(records)
-    failed = Counter(
+def failed_checks(records: Sequence[dict]) -> Counter:
+    """How many of ``records`` failed each check, by check name."""
+    return Counter(
         check["name"]
-        for record in ran
+        for record in records
         for entry in record["functions"].values()
         for check in entry["checks"]
         if not check["passed"]
     )
+
+
+def check_failures(battery, records: Sequence[dict]) -> list[tuple[str, str, int, int]]:
+    """(check, function, students who failed it, students graded) for every check, the most
+    failed first, ties by the battery's order."""
+    ran = graded(records)
+    failed = failed_checks(ran)
     rows = [(c.name, c.function, failed[c.name], len(ran)) for c in battery.checks]
     order = {name: index for index, (name, *_) in enumerate(rows)}
     return sorted(rows, key=lambda row: (-row[2], order[row[0]]))
